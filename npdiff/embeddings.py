@@ -1,0 +1,58 @@
+"""Sinusoidal embeddings of the timestep and of each input coordinate.
+
+Shape glossary: N batch, D data dims, E embedding size (even), F = E/2 frequencies.
+
+For a scalar s and scale c (Vaswani et al. 2017, as used by Ho et al. 2020 and tiny-diffusion):
+
+    ω_k = exp(−log(10000)·k/(F − 1)),  k = 0..F−1
+    emb(s) = [sin(c·s·ω_0), …, sin(c·s·ω_{F−1}), cos(c·s·ω_0), …, cos(c·s·ω_{F−1})]
+
+The seed tutorial's heart model uses c = 25 for coordinates (so a 2-D point on a scale of a few units
+gets high-frequency features) and c = 1 for the integer timestep.
+"""
+
+from __future__ import annotations
+
+import math
+
+from npdiff import backend
+from npdiff.layers import Module
+
+
+def frequencies(size: int, dtype="float32"):
+    """ω_k = exp(−log(10000)·k/(F−1)), k = 0..F−1, F = size/2.  -> (F,)"""
+    if size < 4 or size % 2:
+        raise ValueError(f"embedding size must be even and >= 4, got {size}")
+    half = size // 2
+    xp = backend.xp
+    return xp.exp(-math.log(10000.0) / (half - 1) * xp.arange(half, dtype="float64")).astype(dtype)
+
+
+class SinusoidalEmbedding(Module):
+    """Embeds each of D scalars per row into E features.  x (N, D) -> y (N, D·E).
+
+    With D = 1 this is the timestep embedding (x = t as a column); the integer timestep gets no
+    gradient, but for coordinates ``backward`` returns dL/dx:
+        d sin(c x ω)/dx = c ω cos(c x ω),   d cos(c x ω)/dx = −c ω sin(c x ω).
+    """
+
+    def __init__(self, size: int, scale: float = 1.0, dtype="float32") -> None:
+        super().__init__()
+        self.size, self.scale = size, float(scale)
+        self.omega = frequencies(size, dtype) * self.scale  # c·ω, (F,); a Python float keeps the dtype
+
+    def forward(self, x):
+        xp = backend.xp
+        n, d = x.shape
+        arg = x[:, :, None] * self.omega  # c·x·ω  (N, D, F)
+        s, c = xp.sin(arg), xp.cos(arg)
+        self.cache = (s, c)  # both derivatives are the other function
+        return xp.concatenate([s, c], axis=2).reshape(n, d * self.size)  # (N, D·E)
+
+    def backward(self, dy):
+        s, c = self._cached()
+        n, d, f = s.shape
+        dy = dy.reshape(n, d, 2, f)  # [dL/dsin | dL/dcos] per coordinate
+        # dL/dx = Σ_k cω_k (dL/dsin_k · cos_k − dL/dcos_k · sin_k)
+        return ((dy[:, :, 0] * c - dy[:, :, 1] * s) @ self.omega[:, None])[:, :, 0]  # (N, D)
+

@@ -1,0 +1,140 @@
+"""Adam and AdamW, global gradient-norm clipping, learning-rate schedules, and an EMA of the weights.
+
+Shape glossary: P, the number of scalar parameters; every array here is a (P,) flat buffer
+(``npdiff.flat``), so each update is a handful of vectorised calls whatever the model's depth.
+
+Adam (Kingma & Ba 2015, Algorithm 1), step k with gradient g:
+    m ← β1 m + (1 − β1) g,   v ← β2 v + (1 − β2) g²
+    θ ← θ − lr · m̂ / (√v̂ + ε),   m̂ = m/(1 − β1^k),  v̂ = v/(1 − β2^k)
+AdamW (Loshchilov & Hutter 2019) first decays the weights, decoupled from g: θ ← θ(1 − lr·λ).
+"""
+
+from __future__ import annotations
+
+import math
+
+from npdiff import backend
+from npdiff.flat import flatten
+
+
+class Adam:
+    """Adam on a model's flat buffers.  ``step(lr=None)`` applies one update (lr overrides)."""
+
+    weight_decay = 0.0
+
+    def __init__(self, model, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8) -> None:
+        if lr <= 0 or not 0 <= betas[0] < 1 or not 0 <= betas[1] < 1 or eps <= 0:
+            raise ValueError(f"invalid Adam settings lr={lr}, betas={betas}, eps={eps}")
+        xp = backend.xp
+        self.params, self.grads = flatten(model)
+        self.lr, self.betas, self.eps = float(lr), (float(betas[0]), float(betas[1])), float(eps)
+        self.m = xp.zeros_like(self.params)
+        self.v = xp.zeros_like(self.params)
+        self.scratch = xp.empty_like(self.params)  # reused every step: no per-step allocation
+        self.steps = 0
+
+    def step(self, lr: float | None = None) -> None:
+        xp = backend.xp
+        lr = self.lr if lr is None else float(lr)
+        b1, b2 = self.betas
+        g, m, v, s = self.grads, self.m, self.v, self.scratch
+        self.steps += 1
+        if self.weight_decay:
+            self.params *= 1 - lr * self.weight_decay  # AdamW: θ ← θ(1 − lr·λ)
+        m *= b1
+        m += (1 - b1) * g  # m ← β1 m + (1 − β1) g
+        xp.multiply(g, g, out=s)
+        s *= 1 - b2
+        v *= b2
+        v += s  # v ← β2 v + (1 − β2) g²
+        # θ ← θ − lr·m̂/(√v̂ + ε), written as (lr/c1)·m / (√v/√c2 + ε) with c_i = 1 − β_i^k
+        c1, c2 = 1 - b1**self.steps, 1 - b2**self.steps
+        xp.sqrt(v, out=s)
+        s *= 1 / math.sqrt(c2)
+        s += self.eps
+        xp.divide(m, s, out=s)
+        s *= lr / c1
+        self.params -= s
+
+    def state_dict(self) -> dict:
+        """Arrays and counters needed to resume exactly (host NumPy arrays)."""
+        return {"m": backend.to_numpy(self.m).copy(), "v": backend.to_numpy(self.v).copy(),
+                "steps": self.steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        for key in ("m", "v"):
+            if tuple(state[key].shape) != tuple(self.m.shape):
+                raise ValueError(f"optimizer state {key!r} has shape {state[key].shape}, expected {self.m.shape}")
+            getattr(self, key)[...] = backend.asarray(state[key])
+        self.steps = int(state["steps"])
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay λ (``weight_decay``, PyTorch's default 0.01)."""
+
+    def __init__(self, model, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.01) -> None:
+        super().__init__(model, lr, betas, eps)
+        if weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+        self.weight_decay = float(weight_decay)
+
+
+def clip_grad_norm(grads, max_norm: float) -> float:
+    """Scale the flat gradient so that ‖g‖₂ ≤ max_norm (PyTorch's rule: g·max_norm/(‖g‖ + 1e−6)).
+
+    Returns the norm before clipping, so callers can log it; clipping is never silent.
+    """
+    xp = backend.xp
+    norm = float(xp.sqrt(xp.dot(grads, grads)))
+    if norm > max_norm:
+        grads *= max_norm / (norm + 1e-6)
+    return norm
+
+
+def constant_lr(lr: float):
+    """lr(k) = lr."""
+    return lambda step: lr
+
+
+def linear_decay_lr(lr: float, total_steps: int, final: float = 0.0):
+    """lr(k) = lr + (final − lr)·k/total_steps, held at ``final`` after the end."""
+    return lambda step: lr + (final - lr) * min(step, total_steps) / total_steps
+
+
+def cosine_lr(lr: float, total_steps: int, final: float = 0.0, warmup: int = 0):
+    """Linear warm-up over ``warmup`` steps, then lr(k) = final + ½(lr − final)(1 + cos(π·p)), p ∈ [0, 1]."""
+
+    def schedule(step):
+        if step < warmup:
+            return lr * (step + 1) / warmup
+        p = min(step - warmup, total_steps - warmup) / max(1, total_steps - warmup)
+        return final + 0.5 * (lr - final) * (1 + math.cos(math.pi * p))
+
+    return schedule
+
+
+class EMA:
+    """Exponential moving average of a model's weights: θ̄ ← θ̄ + (1 − decay)(θ − θ̄).
+
+    ``swap()`` exchanges the live and averaged weights in place (call it again to swap back); sampling
+    from the averaged weights is ``ema.swap(); sample(…); ema.swap()``.
+    """
+
+    def __init__(self, model, decay: float = 0.999) -> None:
+        if not 0 <= decay < 1:
+            raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
+        self.params, _ = flatten(model)
+        self.decay = float(decay)
+        self.shadow = self.params.copy()
+        self.scratch = backend.xp.empty_like(self.params)
+
+    def update(self) -> None:
+        backend.xp.subtract(self.params, self.shadow, out=self.scratch)
+        self.scratch *= 1 - self.decay
+        self.shadow += self.scratch  # θ̄ ← θ̄ + (1 − decay)(θ − θ̄)
+
+    def swap(self) -> None:
+        self.scratch[...] = self.params
+        self.params[...] = self.shadow
+        self.shadow[...] = self.scratch
