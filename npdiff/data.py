@@ -204,7 +204,10 @@ def load_points(path: str | os.PathLike) -> np.ndarray:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no such data file: {path!r}")
     if ext == ".npy":
-        x = np.load(path, allow_pickle=False)
+        try:
+            x = np.load(path, allow_pickle=False)
+        except ValueError as exc:  # object arrays need pickles, which are never loaded
+            raise ValueError(f"{path!r} does not hold a plain numeric array: {exc}") from exc
         if x.ndim != 2:
             raise ValueError(
                 f"{path!r} holds an array of shape {x.shape}; expected 2-D points (N, D) "
@@ -212,10 +215,13 @@ def load_points(path: str | os.PathLike) -> np.ndarray:
             )
     else:
         with open(path, encoding="utf-8") as f:
-            first = f.readline()
-        skip = 0 if all(_is_number(field) for field in first.split(",")) else 1
+            lines = [line for line in f if line.strip()]
+        if lines and not all(_is_number(field) for field in lines[0].split(",")):
+            lines = lines[1:]  # a header line
+        if not lines:
+            raise ValueError(f"{path!r} holds no points")
         try:
-            x = np.loadtxt(path, delimiter=",", skiprows=skip, ndmin=2, dtype=np.float64)
+            x = np.loadtxt(lines, delimiter=",", ndmin=2, dtype=np.float64)
         except ValueError as exc:
             raise ValueError(f"{path!r} is not a comma-separated table of numbers: {exc}") from exc
     try:

@@ -18,9 +18,10 @@ projections u·a and u·b:
     SW₁(a, b) = E_u W₁(u·a, u·b),   W₁ = ∫₀¹ |F_u⁻¹(q) − G_u⁻¹(q)| dq = ∫ |F_u(s) − G_u(s)| ds
 
 Squared maximum mean discrepancy with k(x, y) = exp(−‖x − y‖² / (2h²)), unbiased estimator
-(Gretton et al. 2012, Eq. 3):
+(Gretton et al. 2012, "A Kernel Two-Sample Test", Lemma 6):
 
-    MMD²_u = Σ_{i≠i'} k(a_i, a_i') / (N(N−1)) + Σ_{j≠j'} k(b_j, b_j') / (M(M−1)) − 2 Σ_{i,j} k(a_i, b_j) / (NM)
+    MMD²_u = Σ_{i≠i'} k(a_i, a_i') / (N(N−1)) + Σ_{j≠j'} k(b_j, b_j') / (M(M−1))
+             − 2 Σ_{i,j} k(a_i, b_j) / (NM)
 """
 
 from __future__ import annotations

@@ -55,7 +55,7 @@ def _check_betas(betas: np.ndarray, what: str) -> np.ndarray:
     bad = np.flatnonzero(~((betas > 0.0) & (betas < 1.0)))  # also catches nan
     if bad.size:
         t = int(bad[0]) + 1
-        raise ValueError(f"{what}: every beta must lie strictly in (0, 1); got beta_{t} = {betas[bad[0]]!r} (t = {t})")
+        raise ValueError(f"{what}: every beta must lie strictly in (0, 1); got beta_{t} = {float(betas[bad[0]])!r}")
     return betas
 
 
