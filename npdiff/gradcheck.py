@@ -31,15 +31,16 @@ def numerical_gradient(loss: Callable[[], float], x, h: float = 1e-5):
     x: any backend array that ``loss`` reads; it is restored exactly afterwards. -> array like x
     """
     grad = backend.xp.zeros_like(x)
-    flat, gflat = x.reshape(-1), grad.reshape(-1)  # views: writing flat[i] perturbs x
-    for i in range(flat.size):
-        old = flat[i].copy()
-        flat[i] = old + h
+    # index x itself: x.reshape(-1) would be a copy, not a view, for a non-contiguous x (a transpose,
+    # a column slice), and perturbing the copy would silently give a zero gradient
+    for i in numpy.ndindex(x.shape):
+        old = x[i].copy()
+        x[i] = old + h
         plus = loss()
-        flat[i] = old - h
+        x[i] = old - h
         minus = loss()
-        flat[i] = old
-        gflat[i] = (plus - minus) / (2 * h)
+        x[i] = old
+        grad[i] = (plus - minus) / (2 * h)
     return grad
 
 

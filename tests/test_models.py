@@ -1,0 +1,166 @@
+"""The Denoiser: whole-model gradient checks with an MSE loss, shapes, dtypes, config, flat buffers."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from npdiff import gradcheck
+from npdiff.models import Denoiser
+
+TINY = dict(hidden=8, n_blocks=2, emb_dim=4, time_emb_dim=6, dtype="float64")
+
+
+def mse_gradcheck(model, x, t, target):
+    """Check every parameter and x through L = mean((f(x, t) − target)²), dL/df = 2(f − target)/size."""
+    model.zero_grad()
+    f = model.forward(x, t)
+    dx = model.backward(2 * (f - target) / f.size)
+    analytic = {name: g.copy() for name, g in model.gradients().items()}
+    arrays = dict(model.parameters())
+    arrays["x"], analytic["x"] = x, dx
+
+    def loss():
+        return float(((model.forward(x, t) - target) ** 2).mean())
+
+    return gradcheck.check(loss, arrays, analytic)
+
+
+def inputs(data_dim, out_dim, n=3, seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((n, data_dim)), rng.integers(1, 1000, size=n),
+            rng.standard_normal((n, out_dim)))
+
+
+def assert_all_close(model, report):
+    assert set(report) == set(model.parameters()) | {"x"}
+    for name, r in report.items():
+        assert r["rel_error"] < 1e-6, (name, r)
+    # every array receives a non-trivial gradient (a detached branch would show 0 vs 0 = "exact")
+    assert min(r["numeric_norm"] for r in report.values()) > 1e-6
+
+
+CASES = [
+    dict(activation=act, layernorm=ln, final_layernorm=ln, data_dim=d, out_mult=mult)
+    for act, ln, d, mult in itertools.product(["gelu", "relu", "silu", "tanh"], [False, True], [2, 16], [1, 2])
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "{activation}-ln{layernorm:d}-D{data_dim}-x{out_mult}".format(**c))
+def test_mse_gradient_matches_finite_differences(case):
+    case = dict(case)
+    d, mult = case.pop("data_dim"), case.pop("out_mult")
+    model = Denoiser(d, out_dim=mult * d, seed=1, **TINY, **case)
+    x, t, target = inputs(d, mult * d)
+    assert_all_close(model, mse_gradcheck(model, x, t, target))
+
+
+@pytest.mark.parametrize("layernorm,final", [(True, False), (False, True)])
+def test_mse_gradient_with_only_one_kind_of_layernorm(layernorm, final):
+    model = Denoiser(2, out_dim=4, layernorm=layernorm, final_layernorm=final, seed=2, **TINY)
+    x, t, target = inputs(2, 4, seed=1)
+    assert_all_close(model, mse_gradcheck(model, x, t, target))
+
+
+@pytest.mark.parametrize("activation", ["gelu", "silu"])
+@pytest.mark.parametrize("out_mult", [1, 2])
+def test_mse_gradient_without_coordinate_embedding(activation, out_mult):
+    model = Denoiser(16, out_dim=16 * out_mult, embed_coords=False, activation=activation, layernorm=True,
+                     final_layernorm=True, seed=3, **TINY)
+    assert "coord_emb" not in {name for name, _ in model.children()}
+    x, t, target = inputs(16, 16 * out_mult, seed=2)
+    assert_all_close(model, mse_gradcheck(model, x, t, target))
+
+
+def test_mse_gradient_with_no_residual_blocks():
+    model = Denoiser(2, n_blocks=0, hidden=8, emb_dim=4, dtype="float64", seed=4)
+    x, t, target = inputs(2, 2, seed=3)
+    assert_all_close(model, mse_gradcheck(model, x, t, target))
+
+
+def test_timestep_gets_no_gradient_and_dx_has_x_shape():
+    model = Denoiser(3, out_dim=6, **TINY)
+    x, t, _ = inputs(3, 6, n=5)
+    y = model.forward(x, t)
+    dx = model.backward(np.ones_like(y))
+    assert y.shape == (5, 6) and dx.shape == (5, 3)
+
+
+def test_output_is_float32_by_default_and_float64_when_asked():
+    x, t, _ = inputs(2, 2, n=4)
+    m32 = Denoiser(2, hidden=8, n_blocks=1, emb_dim=4)
+    y32 = m32.forward(x, t)  # float64 input is cast to the model's dtype
+    assert y32.shape == (4, 2) and y32.dtype == np.float32
+    assert m32.flat_params.dtype == np.float32
+    assert all(p.dtype == np.float32 for p in m32.parameters().values())
+    m64 = Denoiser(2, hidden=8, n_blocks=1, emb_dim=4, dtype="float64")
+    y64 = m64.forward(x.astype(np.float32), t)
+    assert y64.shape == (4, 2) and y64.dtype == np.float64
+    assert Denoiser(2, out_dim=4, hidden=8, n_blocks=1, emb_dim=4).forward(x, t).shape == (4, 4)
+
+
+def test_config_round_trip_rebuilds_identical_parameters():
+    m = Denoiser(3, out_dim=6, hidden=8, n_blocks=2, emb_dim=6, time_emb_dim=4, coord_scale=5.0,
+                 time_scale=0.5, activation="silu", layernorm=True, final_layernorm=False, dtype="float64",
+                 seed=7)
+    twin = Denoiser(**m.config)
+    assert twin.config == m.config
+    assert list(twin.parameters()) == list(m.parameters())
+    np.testing.assert_array_equal(twin.flat_params, m.flat_params)
+    x, t, _ = inputs(3, 6)
+    np.testing.assert_array_equal(twin.forward(x, t), m.forward(x, t))
+    other_seed = Denoiser(**{**m.config, "seed": 8})
+    assert not np.array_equal(other_seed.flat_params, m.flat_params)
+
+
+def test_parameter_names_are_dotted_paths():
+    names = set(Denoiser(2, hidden=8, n_blocks=2, emb_dim=4, layernorm=True, final_layernorm=True).parameters())
+    expected = {"inp.0.W", "inp.0.b", "norm.gamma", "norm.beta", "out.W", "out.b"}
+    for i in range(2):
+        expected |= {f"blocks.{i}.fn.0.gamma", f"blocks.{i}.fn.0.beta", f"blocks.{i}.fn.1.W", f"blocks.{i}.fn.1.b"}
+    assert names == expected
+
+
+def test_every_parameter_and_gradient_is_a_view_into_the_flat_buffers():
+    m = Denoiser(2, out_dim=4, hidden=8, n_blocks=2, emb_dim=4, layernorm=True, final_layernorm=True)
+    params, grads = m.parameters(), m.gradients()
+    assert m.flat_params.shape == (sum(p.size for p in params.values()),)
+    for name in params:
+        assert np.shares_memory(params[name], m.flat_params), name
+        assert np.shares_memory(grads[name], m.flat_grads), name
+    m.flat_params[...] = np.arange(m.flat_params.size)  # writing the buffer changes the layers
+    assert m.out.params["b"][-1] == m.flat_params.size - 1
+    x, t, _ = inputs(2, 4)
+    m.zero_grad()
+    m.backward(np.ones_like(m.forward(x, t)))
+    np.testing.assert_array_equal(m.flat_grads, np.concatenate([g.ravel() for g in grads.values()]))
+    for name, g in m.gradients().items():  # backward wrote into the views; nothing was rebound
+        assert g is grads[name] and np.abs(g).max() > 0, name
+
+
+def test_zero_grad_zeroes_the_flat_gradient_buffer():
+    m = Denoiser(2, hidden=8, n_blocks=1, emb_dim=4, dtype="float64")
+    x, t, _ = inputs(2, 2)
+    m.backward(np.ones_like(m.forward(x, t)))
+    assert np.abs(m.flat_grads).max() > 0
+    buffer = m.flat_grads
+    m.zero_grad()
+    assert m.flat_grads is buffer and not buffer.any()
+    assert all(not g.any() for g in m.gradients().values())
+
+
+@pytest.mark.parametrize("x_shape,t_shape,bad", [
+    ((3,), (3,), "x_t"), ((3, 3), (3,), "x_t"), ((3, 2, 1), (3,), "x_t"),
+    ((3, 2), (4,), "t"), ((3, 2), (3, 1), "t"), ((3, 2), (), "t"),
+])
+def test_invalid_shapes_of_x_t_or_t_raise_value_error(x_shape, t_shape, bad):
+    m = Denoiser(2, hidden=8, n_blocks=1, emb_dim=4)
+    with pytest.raises(ValueError, match=rf"^{bad} must have shape"):
+        m.forward(np.zeros(x_shape), np.ones(t_shape, dtype=int))
+
+
+@pytest.mark.parametrize("kwargs", [dict(data_dim=0), dict(data_dim=2, out_dim=0), dict(data_dim=2, hidden=0),
+                                    dict(data_dim=2, n_blocks=-1)])
+def test_invalid_sizes_raise_value_error(kwargs):
+    with pytest.raises(ValueError):
+        Denoiser(**kwargs)
