@@ -41,13 +41,27 @@ class SinusoidalEmbedding(Module):
         self.size, self.scale = size, float(scale)
         self.omega = frequencies(size, dtype) * self.scale  # c·ω, (F,); a Python float keeps the dtype
 
-    def forward(self, x):
+    def forward(self, x, out=None):
+        """out: an optional (N, D·E) array (a column slice of a wider one is fine) to write into.
+
+        The cache holds views of the output (sin and cos are their own derivatives' inputs), so do
+        not modify the output in place before ``backward``.
+        """
         xp = backend.xp
         n, d = x.shape
+        f = self.size // 2
         arg = x[:, :, None] * self.omega  # c·x·ω  (N, D, F)
-        s, c = xp.sin(arg), xp.cos(arg)
+        if out is None:
+            out = xp.empty((n, d * self.size), dtype=arg.dtype)
+        elif out.shape != (n, d * self.size) or out.strides[-1] != out.itemsize:
+            raise ValueError(f"out must have shape {(n, d * self.size)} with contiguous columns")
+        # plain: y = concatenate([sin(arg), cos(arg)], axis=2).reshape(n, d·E); written in place instead
+        sc = out.reshape(n, d, 2, f)  # a view (contiguous columns split): [sin | cos] per coordinate
+        s, c = sc[:, :, 0], sc[:, :, 1]
+        xp.sin(arg, out=s)
+        xp.cos(arg, out=c)
         self.cache = (s, c)  # both derivatives are the other function
-        return xp.concatenate([s, c], axis=2).reshape(n, d * self.size)  # (N, D·E)
+        return out
 
     def backward(self, dy):
         s, c = self._cached()

@@ -87,20 +87,35 @@ class Denoiser(Module):
         if t.shape != (x_t.shape[0],):
             raise ValueError(f"t must have shape ({x_t.shape[0]},), got {tuple(t.shape)}")
         x_t = x_t.astype(self.dtype, copy=False)
-        h_x = self.coord_emb.forward(x_t) if self.coord_emb is not None else x_t  # (N, D·E) or (N, D)
-        h_t = self.time_emb.forward(t.astype(self.dtype)[:, None])  # (N, Et)
-        h = self.inp.forward(xp.concatenate([h_x, h_t], axis=1))  # (N, H)
+        # plain: h = inp(concatenate([h_x, h_t], axis=1)); the embeddings write their halves in place
+        h = xp.empty((x_t.shape[0], self.x_features + self.config["time_emb_dim"]), dtype=self.dtype)
+        h_x, h_t = h[:, : self.x_features], h[:, self.x_features:]
+        if self.coord_emb is not None:
+            self.coord_emb.forward(x_t, out=h_x)  # (N, D·E)
+        else:
+            h_x[...] = x_t  # (N, D)
+        self.time_emb.forward(t.astype(self.dtype)[:, None], out=h_t)  # (N, Et)
+        h = self.inp.forward(h)  # (N, H)
         h = self.blocks.forward(h)
         if self.norm is not None:
             h = self.norm.forward(h)
         return self.out.forward(h)  # (N, O)
 
-    def backward(self, dy):
-        """dy = dL/df (N, O) -> dL/dx_t (N, D); parameter gradients are added into ``grads``."""
+    def backward(self, dy, input_grad: bool = True):
+        """dy = dL/df (N, O) -> dL/dx_t (N, D); parameter gradients are added into ``grads``.
+
+        ``input_grad=False`` skips dL/dx_t (returns None): training needs only the parameters'
+        gradients, and the first layer's input gradient is the widest matrix product of the pass.
+        """
         dh = self.out.backward(dy)
         if self.norm is not None:
             dh = self.norm.backward(dh)
         dh = self.blocks.backward(dh)
-        dh_x = self.inp.backward(dh)[:, : self.x_features]  # the time half carries no gradient
+        linear, act = self.inp.layers
+        dh = act.backward(dh)
+        linear.backward(dh, input_grad=False)  # dL/dW, dL/db of the first layer
+        if not input_grad:
+            return None
+        # dL/dh_x = dL/dh · W_xᵀ, the embedding rows of W only: the time half carries no gradient
+        dh_x = backend.xp.dot(dh, linear.params["W"][: self.x_features].T)  # (N, D·E) or (N, D)
         return self.coord_emb.backward(dh_x) if self.coord_emb is not None else dh_x
-

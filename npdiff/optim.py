@@ -41,19 +41,21 @@ class Adam:
         self.steps += 1
         if self.weight_decay:
             self.params *= 1 - lr * self.weight_decay  # AdamW: θ ← θ(1 − lr·λ)
-        m *= b1
-        m += (1 - b1) * g  # m ← β1 m + (1 − β1) g
+        # every line below writes into m, v, s or θ: no (P,) temporary is allocated
+        xp.subtract(g, m, out=s)
+        s *= 1 - b1
+        m += s  # m ← β1 m + (1 − β1) g, as m + (1 − β1)(g − m)
         xp.multiply(g, g, out=s)
+        s -= v
         s *= 1 - b2
-        v *= b2
-        v += s  # v ← β2 v + (1 − β2) g²
-        # θ ← θ − lr·m̂/(√v̂ + ε), written as (lr/c1)·m / (√v/√c2 + ε) with c_i = 1 − β_i^k
+        v += s  # v ← β2 v + (1 − β2) g², as v + (1 − β2)(g² − v)
+        # θ ← θ − lr·m̂/(√v̂ + ε), m̂ = m/c1, v̂ = v/c2, c_i = 1 − β_i^k;
+        # the same as θ − (lr·√c2/c1)·m/(√v + ε·√c2), one pass fewer
         c1, c2 = 1 - b1**self.steps, 1 - b2**self.steps
         xp.sqrt(v, out=s)
-        s *= 1 / math.sqrt(c2)
-        s += self.eps
+        s += self.eps * math.sqrt(c2)
         xp.divide(m, s, out=s)
-        s *= lr / c1
+        s *= lr * math.sqrt(c2) / c1
         self.params -= s
 
     def state_dict(self) -> dict:

@@ -229,6 +229,24 @@ class Schedule:
             return values
         return values.reshape(t_host.shape + (1,) * (like.ndim - t_host.ndim))
 
+    def sample_t(self, n: int, rng):
+        """Training timesteps: n integers drawn uniformly from {1..T} (never 0) with ``rng``.  -> (N,)"""
+        return rng.integers(1, self.T + 1, size=int(n))
+
+    def reverse_t(self, n_steps: int | None = None) -> list[int]:
+        """Sampling timesteps, descending from T to 1 (the sampler adds no noise at the last one).
+
+        n_steps=None gives all T steps; otherwise n_steps (1..T) evenly spaced distinct values from
+        T down to 1 (DDIM's shortened chain; n_steps = 1 gives [T] alone).
+        """
+        if n_steps is None:
+            n_steps = self.T
+        if isinstance(n_steps, bool) or not isinstance(n_steps, (int, np.integer)) or not 1 <= n_steps <= self.T:
+            raise ValueError(f"n_steps must be an integer in 1..{self.T}; got {n_steps!r}")
+        if n_steps == 1:
+            return [self.T]
+        return [int(t) for t in np.round(np.linspace(self.T, 1, n_steps)).astype(int)]  # spacing >= 1: distinct
+
     def prior_kl(self, data_var: float = 1.0) -> float:
         """``prior_kl(ᾱ_T, data_var)``: KL(q(x_T) ‖ N(0, 1)) per dimension in nats."""
         return prior_kl(self.alpha_bar[-1], data_var)

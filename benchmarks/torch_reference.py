@@ -1,0 +1,122 @@
+"""The same denoiser and DDPM train step in PyTorch eager, for ``train_step.py`` to time side by side.
+
+Shape glossary: N batch, D data dims, E embedding size, H hidden width, T diffusion steps.
+
+The model mirrors ``npdiff.models.Denoiser`` layer for layer: sinusoidal embeddings of each coordinate
+(scale ``coord_scale``) and of t (scale ``time_scale``), concatenated as [emb(x_1), …, emb(x_D), emb(t)];
+Linear + GELU(tanh); residual blocks x + GELU(Linear(LN(x))); optional final LayerNorm; Linear out.
+``load_from`` copies an npdiff model's weights, so both start from the same point.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class SinusoidalEmbedding(nn.Module):
+    """(N, D) -> (N, D·E): [sin(c x ω), cos(c x ω)] per coordinate, ω_k = exp(−log(10⁴) k/(F−1))."""
+
+    def __init__(self, size: int, scale: float) -> None:
+        super().__init__()
+        half = size // 2
+        omega = torch.exp(-math.log(10000.0) / (half - 1) * torch.arange(half, dtype=torch.float64))
+        self.register_buffer("omega", (omega * scale).float())
+
+    def forward(self, x):
+        arg = x[:, :, None] * self.omega  # (N, D, F)
+        return torch.cat([torch.sin(arg), torch.cos(arg)], dim=2).reshape(x.shape[0], -1)
+
+
+class Block(nn.Module):
+    """x + GELU(Linear(LN(x))) (LN optional)."""
+
+    def __init__(self, hidden: int, layernorm: bool) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(hidden) if layernorm else nn.Identity()
+        self.fc = nn.Linear(hidden, hidden)
+        self.act = nn.GELU(approximate="tanh")
+
+    def forward(self, x):
+        return x + self.act(self.fc(self.norm(x)))
+
+
+class Denoiser(nn.Module):
+    """f(x_t, t) with the architecture of ``npdiff.models.Denoiser`` (coordinate embeddings on)."""
+
+    def __init__(self, data_dim, hidden, n_blocks, emb_dim, coord_scale, time_scale, layernorm,
+                 final_layernorm) -> None:
+        super().__init__()
+        self.coord_emb = SinusoidalEmbedding(emb_dim, coord_scale)
+        self.time_emb = SinusoidalEmbedding(emb_dim, time_scale)
+        self.inp = nn.Linear(data_dim * emb_dim + emb_dim, hidden)
+        self.act = nn.GELU(approximate="tanh")
+        self.blocks = nn.Sequential(*[Block(hidden, layernorm) for _ in range(n_blocks)])
+        self.norm = nn.LayerNorm(hidden) if final_layernorm else nn.Identity()
+        self.out = nn.Linear(hidden, data_dim)
+
+    def forward(self, x, t):
+        h = torch.cat([self.coord_emb(x), self.time_emb(t[:, None].float())], dim=1)
+        h = self.act(self.inp(h))
+        return self.out(self.norm(self.blocks(h)))
+
+    def load_from(self, model) -> None:
+        """Copy the weights of an npdiff Denoiser (its W is (in, out); torch's weight is (out, in))."""
+        from npdiff import backend
+        p = {k: backend.to_numpy(v) for k, v in model.parameters().items()}
+        linears = [(self.inp, "inp.0")] + [(b.fc, f"blocks.{i}.fn.{int(model.config['layernorm'])}")
+                                           for i, b in enumerate(self.blocks)] + [(self.out, "out")]
+        norms = [(b.norm, f"blocks.{i}.fn.0") for i, b in enumerate(self.blocks) if model.config["layernorm"]]
+        if model.config["final_layernorm"]:
+            norms.append((self.norm, "norm"))
+        with torch.no_grad():
+            for lin, key in linears:
+                lin.weight.copy_(torch.from_numpy(np.ascontiguousarray(p[key + ".W"].T)))
+                lin.bias.copy_(torch.from_numpy(p[key + ".b"]))
+            for ln, key in norms:
+                ln.weight.copy_(torch.from_numpy(p[key + ".gamma"]))
+                ln.bias.copy_(torch.from_numpy(p[key + ".beta"]))
+
+
+class TorchDDPM:
+    """A DDPM ε-prediction train step and an ancestral sampler around a torch Denoiser."""
+
+    def __init__(self, model, schedule, lr: float, clip: float | None, device: str = "cpu") -> None:
+        self.model, self.clip, self.device = model.to(device), clip, device
+        self.T = schedule.T
+        tensor = lambda a: torch.tensor(a, dtype=torch.float32, device=device)
+        self.sqrt_ab = tensor(schedule.sqrt_alpha_bar)[:, None]  # (T+1, 1)
+        self.sqrt_1mab = tensor(schedule.sqrt_one_minus_alpha_bar)[:, None]
+        self.eps_coef = tensor(schedule.betas / np.maximum(schedule.sqrt_one_minus_alpha_bar, 1e-12))
+        self.recip_sqrt_alpha = tensor(1 / np.sqrt(schedule.alphas))
+        self.sigma = tensor(np.sqrt(schedule.posterior_var))  # σ_t² = β̃_t, ddpm's "fixed_small"
+        self.opt = torch.optim.AdamW(model.parameters(), lr=lr)
+        self.params = list(model.parameters())
+
+    def train_step(self, x0) -> float:
+        """t ~ U{1..T}, ε ~ N(0, I), x_t = √ᾱ_t x0 + √(1−ᾱ_t) ε, loss = mean (ε − f(x_t, t))², AdamW."""
+        n = x0.shape[0]
+        t = torch.randint(1, self.T + 1, (n,), device=self.device)
+        noise = torch.randn(x0.shape, device=self.device)
+        xt = self.sqrt_ab[t] * x0 + self.sqrt_1mab[t] * noise
+        loss = nn.functional.mse_loss(self.model(xt, t), noise)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.clip is not None:
+            nn.utils.clip_grad_norm_(self.params, self.clip)
+        self.opt.step()
+        return loss
+
+    @torch.no_grad()
+    def sample(self, n: int, dim: int):
+        """x_T ~ N(0, I); x_{t−1} = (x_t − β_t/√(1−ᾱ_t) ε_θ)/√α_t + σ_t z, no noise at t = 1."""
+        x = torch.randn(n, dim, device=self.device)
+        for t in range(self.T, 0, -1):
+            tt = torch.full((n,), t, device=self.device)
+            x = (x - self.eps_coef[t] * self.model(x, tt)) * self.recip_sqrt_alpha[t]
+            if t > 1:
+                x += self.sigma[t] * torch.randn_like(x)
+        return x

@@ -1,0 +1,115 @@
+"""Checkpoints: round trip, atomic writes, clear errors, and exact resumption of training."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from npdiff import checkpoint, ddpm, train
+from npdiff.models import Denoiser
+from npdiff.optim import EMA, AdamW, cosine_lr
+from npdiff.schedules import Schedule
+
+
+def model_of(width=8, dtype="float64", seed=0):
+    return Denoiser(2, hidden=width, n_blocks=1, emb_dim=8, layernorm=True, final_layernorm=True, dtype=dtype, seed=seed)
+
+
+def trained(steps=5):
+    model = model_of()
+    opt, ema = AdamW(model, 1e-2), EMA(model, 0.9)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((32, 2))
+    train.fit(model, x, ddpm.EpsilonObjective(Schedule(20)), steps=steps, batch_size=8, optimizer=opt, rng=rng, ema=ema)
+    return model, opt, ema, rng
+
+
+def test_round_trip_restores_every_piece_of_state(tmp_path):
+    model, opt, ema, rng = trained()
+    path = tmp_path / "c.npz"
+    checkpoint.save(path, model, optimizer=opt, ema=ema, step=5, rng=rng, schedule=Schedule(20, "cosine"),
+                    meta={"note": "hi"})
+    expected_draw = np.random.default_rng(0)
+    expected_draw.bit_generator.state = rng.bit_generator.state
+    m2 = model_of(seed=9)
+    o2, e2, r2 = AdamW(m2, 1e-2), EMA(m2, 0.9), np.random.default_rng(123)
+    ckpt = checkpoint.load(path)
+    ckpt.restore(m2, optimizer=o2, ema=e2, rng=r2)
+    np.testing.assert_array_equal(m2.flat_params, model.flat_params)
+    np.testing.assert_array_equal(o2.m, opt.m)
+    np.testing.assert_array_equal(o2.v, opt.v)
+    assert o2.steps == opt.steps == 5
+    np.testing.assert_array_equal(e2.shadow, ema.shadow)
+    assert r2.standard_normal() == expected_draw.standard_normal()
+    assert ckpt.step == 5 and ckpt.info["meta"] == {"note": "hi"}
+    rebuilt, schedule = checkpoint.load_model(path)  # the EMA weights, by default
+    np.testing.assert_array_equal(rebuilt.flat_params, ema.shadow)
+    assert schedule.name == "cosine" and schedule.T == 20
+    np.testing.assert_array_equal(checkpoint.load_model(path, use_ema=False)[0].flat_params, model.flat_params)
+
+
+def test_written_atomically_a_failed_write_leaves_the_old_file(tmp_path, monkeypatch):
+    model, opt, ema, rng = trained()
+    path = tmp_path / "c.npz"
+    checkpoint.save(path, model, step=1)
+    old = path.read_bytes()
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint.os, "replace", crash)
+    with pytest.raises(OSError, match="disk full"):
+        checkpoint.save(path, model, optimizer=opt, step=2)
+    assert path.read_bytes() == old
+    assert os.listdir(tmp_path) == ["c.npz"]  # the temporary file was removed
+
+
+def test_loading_errors_say_what_is_wrong(tmp_path):
+    model, opt, ema, rng = trained()
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        checkpoint.load(tmp_path / "missing.npz")
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not a zip file at all")
+    with pytest.raises(ValueError, match="corrupt"):
+        checkpoint.load(bad)
+    plain = tmp_path / "plain.npz"
+    np.savez(plain, a=np.zeros(3))
+    with pytest.raises(ValueError, match="not an npdiff checkpoint"):
+        checkpoint.load(plain)
+    future = tmp_path / "future.npz"
+    np.savez(future, format_version=np.array(99), meta=np.array(json.dumps({"step": 0})))
+    with pytest.raises(ValueError, match="format 99"):
+        checkpoint.load(future)
+    pickled = tmp_path / "pickled.npz"
+    np.savez(pickled, format_version=np.array(1), meta=np.array("{}"), evil=np.array([{"x": 1}], dtype=object))
+    with pytest.raises(ValueError):  # allow_pickle=False: object arrays are refused
+        checkpoint.load(pickled)
+    good = tmp_path / "good.npz"
+    checkpoint.save(good, model, step=1)
+    with pytest.raises(ValueError, match="configuration differs"):
+        checkpoint.load(good).restore(model_of(width=16))
+    with pytest.raises(ValueError, match="no optimizer state"):
+        checkpoint.load(good).restore(model, optimizer=opt)
+
+
+def run(path, steps, resume):
+    """A float64 run with every kind of state: AdamW, cosine lr, clipping, EMA, checkpoints."""
+    model = model_of()
+    opt, ema, rng = AdamW(model, 1e-2), EMA(model, 0.9), np.random.default_rng(0)
+    x = np.random.default_rng(1).standard_normal((40, 2))  # 40 // 16 = 2 batches: epochs end mid-run
+    h = train.fit(model, x, ddpm.EpsilonObjective(Schedule(20)), steps=steps, batch_size=16, optimizer=opt, rng=rng,
+                  lr_schedule=cosine_lr(1e-2, 12, warmup=2), clip=0.5, ema=ema, checkpoint_path=path,
+                  checkpoint_every=5, resume=resume)
+    return model, ema, h
+
+
+def test_resuming_reproduces_the_uninterrupted_run_exactly(tmp_path):
+    full_model, full_ema, full = run(tmp_path / "full.npz", 12, resume=False)
+    run(tmp_path / "part.npz", 7, resume=False)  # stopped after step 7 (checkpoint written at the end)
+    model, ema, resumed = run(tmp_path / "part.npz", 12, resume=True)
+    np.testing.assert_array_equal(model.flat_params, full_model.flat_params)
+    np.testing.assert_array_equal(ema.shadow, full_ema.shadow)
+    assert resumed.loss == full.loss and resumed.lr == full.lr and resumed.grad_norm == full.grad_norm
