@@ -6,8 +6,8 @@ per dimension for the heart's variance, the median Chamfer distance to the true 
 sliced Wasserstein-1 distance to 2000 fresh true points (which, unlike Chamfer, also sees points
 piled up in the wrong places along the curve; the same figure for a second set of true points is
 printed as its floor), and the median training time and CPU time of the whole demo (wall times swing
-with whatever else runs on the machine; CPU time does not). Schedules whose sampler would amplify ε errors more than 10× (cosine, the
-scaled linear one at small T) sample with x̂_0 clipped to the data range, as the demo does.
+with whatever else runs on the machine; CPU time does not). A schedule whose sampler would amplify ε
+errors more than 10× (here the cosine one) samples with x̂_0 clipped to the data range, as the demo does.
 
     python benchmarks/heart_schedules.py [--seeds 0 1 2] [--out runs/heart_schedules]
 """

@@ -49,7 +49,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--width", type=int, help=f"hidden width of the MLP (default {DEFAULTS['width']})")
     p.add_argument("--blocks", type=int, help=f"residual blocks (default {DEFAULTS['blocks']})")
     p.add_argument("--emb", type=int, help=f"sinusoidal embedding size (default {DEFAULTS['emb']})")
-    p.add_argument("--ema", type=float, help=f"EMA decay of the sampled weights, 0 for none (default {DEFAULTS['ema']})")
+    p.add_argument("--ema", type=float,
+                   help=f"EMA decay of the sampled weights, 0 for none (default {DEFAULTS['ema']})")
     p.add_argument("--sampler", choices=["ancestral", "ddim"], help="reverse process (default ancestral)")
     p.add_argument("--ddim-steps", type=int, default=None, help="DDIM's number of steps (default T)")
     p.add_argument("--clip-x0", default="auto",

@@ -110,7 +110,8 @@ class Checkpoint:
                 raise ValueError(f"{self.path}: model configuration differs (checkpoint, model): {diff}")
         for name, value in mine.items():
             if tuple(params[name].shape) != tuple(value.shape):
-                raise ValueError(f"{self.path}: parameter {name} has shape {params[name].shape}, model has {value.shape}")
+                raise ValueError(f"{self.path}: parameter {name} has shape {params[name].shape}, "
+                                 f"the model's has {value.shape}")
             value[...] = backend.asarray(params[name], dtype=value.dtype)
         if use_ema:
             if "ema/shadow" not in self.arrays:

@@ -179,7 +179,8 @@ def ancestral_sample(model, schedule, n: int, rng, *, variance: str = "fixed_sma
         tt = backend.xp.full(x.shape[0], t, dtype=np.int64)
         eps = model.forward(x, tt)  # (N, D)
         if clip_x0 is None:
-            x = (x - float(schedule.betas[t] / schedule.sqrt_one_minus_alpha_bar[t]) * eps) / math.sqrt(schedule.alphas[t])
+            coef = float(schedule.betas[t] / schedule.sqrt_one_minus_alpha_bar[t])  # β_t/√(1−ᾱ_t)
+            x = (x - coef * eps) / math.sqrt(schedule.alphas[t])
         else:
             x0_hat = _clip(predict_x0(schedule, x, t, eps), clip_x0)
             x = float(schedule.posterior_mean_coef1[t]) * x0_hat + float(schedule.posterior_mean_coef2[t]) * x

@@ -1,8 +1,14 @@
-"""Shared pytest set-up: tests marked ``gpu`` run only where CuPy sees a CUDA device."""
+"""Shared pytest set-up: one BLAS thread; tests marked ``gpu`` run only where CuPy sees a CUDA device."""
 
 from __future__ import annotations
 
-import pytest
+import os
+
+# The test models are tiny; a second OpenBLAS thread only spins for a core on a busy 2-core machine
+# (measured 5-10x slower). Set before any test module imports NumPy; a user's own setting wins.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
 
 
 def _cupy_device_reason() -> str | None:

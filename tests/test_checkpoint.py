@@ -15,7 +15,8 @@ from npdiff.schedules import Schedule
 
 
 def model_of(width=8, dtype="float64", seed=0):
-    return Denoiser(2, hidden=width, n_blocks=1, emb_dim=8, layernorm=True, final_layernorm=True, dtype=dtype, seed=seed)
+    return Denoiser(2, hidden=width, n_blocks=1, emb_dim=8, layernorm=True, final_layernorm=True, dtype=dtype,
+                    seed=seed)
 
 
 def trained(steps=5):
