@@ -36,7 +36,9 @@ from npdiff.models import Denoiser
 from npdiff.optim import EMA, AdamW, cosine_lr
 from npdiff.schedules import Schedule
 
-DEFAULTS = dict(steps=5000, batch_size=128, lr=1e-3, T=1000, width=1024, blocks=3, emb=128, ema=0.999,
+# ~10 min on 2 busy CPU cores (6 min of CPU time); width 1024 learned far faster than 512 per step,
+# lr 2e-3 a little faster than 1e-3 (training loss after 600 steps 0.121 vs 0.146)
+DEFAULTS = dict(steps=5000, batch_size=128, lr=2e-3, T=1000, width=1024, blocks=3, emb=128, ema=0.999,
                 n_train=None, n_test=1000, n_samples=256, seed=0)
 QUICK = dict(steps=40, batch_size=32, T=50, width=64, blocks=1, emb=16, ema=0.9, n_train=512, n_test=64,
              n_samples=16)
