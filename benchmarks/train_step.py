@@ -21,6 +21,7 @@ GFLOP/s beside the BLAS's own float32 rate on exactly the same matrix shapes, wi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -46,6 +47,9 @@ CONFIGS = {
 }
 COMMON = dict(data_dim=2, coord_scale=25.0, time_scale=1.0, activation="gelu", dtype="float32", seed=0)
 LR = 1e-3
+# wall clock by default; ``--clock cpu`` (with ``--threads 1``) counts only this thread's CPU time, which
+# other processes competing for the cores do not inflate
+CLOCK = [time.perf_counter]
 
 
 def sync() -> None:
@@ -98,20 +102,20 @@ def numpy_matmul_rate(shapes, repeats: int = 200) -> float:
     times = []
     for _ in range(repeats):
         sync()
-        start = time.perf_counter()
+        start = CLOCK[0]()
         for a, b, c in ops:
             xp.matmul(a, b, out=c)
         sync()
-        times.append(time.perf_counter() - start)
+        times.append(CLOCK[0]() - start)
     return flops / statistics.median(times) / 1e9
 
 
 def timed(fn, *args) -> float:
     sync()
-    start = time.perf_counter()
+    start = CLOCK[0]()
     fn(*args)
     sync()
-    return time.perf_counter() - start
+    return CLOCK[0]() - start
 
 
 def run_blocks(steps: dict, batches: dict, n_steps: int, warmup: int, block: int) -> dict:
@@ -205,40 +209,50 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--sample-points", type=int, default=1000, help="points per sampling run")
     parser.add_argument("--torch-device", default="auto", help="cpu, cuda, or auto (cuda with CuPy)")
     parser.add_argument("--no-torch", action="store_true")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="cpu: this thread's CPU time, for a busy machine (needs --threads 1)")
     parser.add_argument("--json", help="write the results to this JSON file")
     args = parser.parse_args(argv)
+    if args.clock == "cpu" and (args.threads != 1 or backend.name != "numpy"):
+        parser.error("--clock cpu measures one thread's CPU time: use it with --threads 1 on NumPy")
+    CLOCK[0] = time.thread_time if args.clock == "cpu" else time.perf_counter
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     torch_side = load_torch(args)
-    try:
-        from threadpoolctl import threadpool_limits
-        limits = threadpool_limits(args.threads, user_api="blas")  # noqa: F841 (held for the whole run)
-    except ImportError:
-        pass
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus; python "
-          f"{platform.python_version()}; numpy {np.__version__}; backend {backend.name}; BLAS: {blas_info()}")
-    env = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS",
-                                      "OMP_NUM_THREADS") if k in os.environ}
-    print(f"env: {env or 'no BLAS variables set'}")
-    if torch_side:
-        torch = torch_side[0]
-        print(f"torch {torch.__version__} on {args.torch_device}, {torch.get_num_threads()} threads")
-    results = []
-    for name in CONFIGS if args.config == "all" else [args.config]:
-        r = run_config(name, CONFIGS[name], args, torch_side)
-        results.append(r)
-        torch_ms = f"{r['torch_ms']:.3f} ms" if r["torch_ms"] else "n/a"
-        ratio = f"{r['ratio']:.2f}x" if r["ratio"] else "n/a"
-        print(f"\n[{name}] median train step: npdiff {r['npdiff_ms']:.3f} ms, PyTorch {torch_ms}, "
-              f"ratio PyTorch/npdiff {ratio}")
-        print(f"  sampling (points x steps / s): npdiff {r['npdiff_sample_pts_steps_per_s']:.3g}"
-              + (f", PyTorch {r['torch_sample_pts_steps_per_s']:.3g}" if "torch_sample_pts_steps_per_s" in r else ""))
-        print(f"  train-step matmul GFLOP/s: npdiff {r['train_gflops']:.2f} vs {backend.name} matmul alone "
-              f"{r['numpy_matmul_gflops']:.2f} at the same shapes")
+    with contextlib.ExitStack() as stack:
+        try:
+            from threadpoolctl import threadpool_limits
+            stack.enter_context(threadpool_limits(args.threads, user_api="blas"))  # restored on exit
+        except ImportError:
+            if args.clock == "cpu" and os.environ.get("OPENBLAS_NUM_THREADS") != "1":
+                parser.error("--clock cpu needs threadpoolctl installed or OPENBLAS_NUM_THREADS=1")
+        print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus; python "
+              f"{platform.python_version()}; numpy {np.__version__}; backend {backend.name}; BLAS: {blas_info()}")
+        env = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS",
+                                          "OMP_NUM_THREADS") if k in os.environ}
+        print(f"env: {env or 'no BLAS variables set'}; clock: {args.clock}")
+        if torch_side:
+            torch = torch_side[0]
+            print(f"torch {torch.__version__} on {args.torch_device}, {torch.get_num_threads()} threads")
+        results = []
+        for name in CONFIGS if args.config == "all" else [args.config]:
+            results.append(run_config(name, CONFIGS[name], args, torch_side))
+            report(results[-1])
+    CLOCK[0] = time.perf_counter
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(results, fh, indent=2)
     return results
 
+
+def report(r: dict) -> None:
+    torch_ms = f"{r['torch_ms']:.3f} ms" if r["torch_ms"] else "n/a"
+    ratio = f"{r['ratio']:.2f}x" if r["ratio"] else "n/a"
+    print(f"\n[{r['name']}] median train step: npdiff {r['npdiff_ms']:.3f} ms, PyTorch {torch_ms}, "
+          f"ratio PyTorch/npdiff {ratio}")
+    print(f"  sampling (points x steps / s): npdiff {r['npdiff_sample_pts_steps_per_s']:.3g}"
+          + (f", PyTorch {r['torch_sample_pts_steps_per_s']:.3g}" if "torch_sample_pts_steps_per_s" in r else ""))
+    print(f"  train-step matmul GFLOP/s: npdiff {r['train_gflops']:.2f} vs {backend.name} matmul alone "
+          f"{r['numpy_matmul_gflops']:.2f} at the same shapes", flush=True)
 
 if __name__ == "__main__":
     main()

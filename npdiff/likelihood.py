@@ -93,7 +93,9 @@ class EpsilonChain:
     """The reverse kernel of an ε-prediction model: μ_θ from ε_θ and a named variance.
 
     variance: "fixed_small" σ_t² = β̃_t (t = 1 uses β̃_2, β̃_1 being 0), "fixed_large" σ_t² = β_t,
-    or "learned_range" (model with 2·D outputs, ``npdiff.hybrid``). No x̂_0 clipping.
+    or "learned_range" (model with 2·D outputs, ``npdiff.hybrid``). A fixed variance also works on a
+    learned-range model (its variance half is ignored), which separates the mean's and the variance's
+    share of the bound. No x̂_0 clipping.
     """
 
     VARIANCES = ("fixed_small", "fixed_large", "learned_range")
@@ -102,7 +104,8 @@ class EpsilonChain:
         if variance not in self.VARIANCES:
             raise ValueError(f"unknown variance {variance!r}; choose one of {', '.join(self.VARIANCES)}")
         config = getattr(model, "config", None)  # oracles such as ddpm.GaussianEpsilon have none
-        if config is not None and config["out_dim"] != (2 if variance == "learned_range" else 1) * config["data_dim"]:
+        allowed = (2,) if variance == "learned_range" else (1, 2)  # a fixed σ² may ignore a learned half
+        if config is not None and config["out_dim"] not in [k * config["data_dim"] for k in allowed]:
             raise ValueError(f"variance {variance!r} does not fit a model with {config['out_dim']} outputs "
                              f"for {config['data_dim']} dims")
         self.model, self.schedule, self.variance, self.T = model, schedule, variance, schedule.T

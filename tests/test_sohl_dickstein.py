@@ -74,7 +74,7 @@ def test_eq14_oracle_standard_normal(T, name):
     rng = np.random.default_rng(T)
     s = Schedule(T, name)
     chain = sd.SohlDicksteinChain(small_model(zero_output=True), s)
-    x0 = rng.standard_normal((3000 if T == 40 else 200, 2))
+    x0 = rng.standard_normal((3000 if T == 40 else 1000, 2))
     bound = likelihood.eq14_bound(chain, x0, rng, exact=True)
     assert abs(bound.nats / 2 + LOG_2PIE_HALF) < 3 * bound.se / 2
     assert abs(bound.gain) < 3 * bound.gain_se
