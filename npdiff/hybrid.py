@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 
 from npdiff import backend, gaussian
+from npdiff.ddpm import draw_inputs
 from npdiff.schedules import Schedule
 
 
@@ -57,14 +58,6 @@ class HybridObjective:
         self.last_simple = self.last_vlb = float("nan")
         self.config = {"objective": "hybrid", "lam": self.lam, "schedule": dict(schedule.config)}
 
-    def _draw(self, model, x0, rng, t, noise):
-        x0 = backend.asarray(x0, dtype=model.dtype)
-        if t is None:
-            t = rng.integers(1, self.schedule.T + 1, size=x0.shape[0])
-        if noise is None:
-            noise = rng.standard_normal(x0.shape).astype(x0.dtype)
-        return x0, backend.asarray(t), backend.asarray(noise, dtype=x0.dtype)
-
     def _forward(self, model, x0, t, noise, frozen_eps=None):
         xp, s = backend.xp, self.schedule
         n, d = x0.shape
@@ -89,12 +82,12 @@ class HybridObjective:
     def loss(self, model, x0, rng=None, *, t=None, noise=None, frozen_eps=None) -> float:
         """The loss alone. ``frozen_eps`` (N, D) replaces ε_θ inside L_vlb's mean: with it set to the
         current ε_θ, the loss's finite-difference gradient is the stop-gradient one that backward computes."""
-        x0, t, noise = self._draw(model, x0, rng, t, noise)
+        x0, t, noise = draw_inputs(self.schedule, model, x0, rng, t, noise)
         return self._forward(model, x0, t, noise, frozen_eps)[0]
 
     def loss_and_backward(self, model, x0, rng=None, *, t=None, noise=None) -> float:
         xp = backend.xp
-        x0, t, noise = self._draw(model, x0, rng, t, noise)
+        x0, t, noise = draw_inputs(self.schedule, model, x0, rng, t, noise)
         loss, self.last_simple, self.last_vlb, cache = self._forward(model, x0, t, noise)
         noise, eps, mean_q, log_var_q, mean_p, log_var_p, vcache, first, x0, scale = cache
         n, d = x0.shape

@@ -229,9 +229,14 @@ class Schedule:
             return values
         return values.reshape(t_host.shape + (1,) * (like.ndim - t_host.ndim))
 
-    def sample_t(self, n: int, rng):
-        """Training timesteps: n integers drawn uniformly from {1..T} (never 0) with ``rng``.  -> (N,)"""
-        return rng.integers(1, self.T + 1, size=int(n))
+    def sample_t(self, n: int, rng, first: int = 1):
+        """Training timesteps: n integers drawn uniformly from {first..T} (never 0) with ``rng``.  -> (N,)
+
+        first = 1 for the ε objectives; the Sohl-Dickstein bound draws from {2..T}, t = 1 being fixed.
+        """
+        if not 1 <= first <= self.T:
+            raise ValueError(f"first must lie in 1..T={self.T}, got {first}")
+        return rng.integers(first, self.T + 1, size=int(n))
 
     def reverse_t(self, n_steps: int | None = None) -> list[int]:
         """Sampling timesteps, descending from T to 1 (the sampler adds no noise at the last one).

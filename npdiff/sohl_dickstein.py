@@ -30,6 +30,7 @@ import math
 import numpy as np
 
 from npdiff import backend, gaussian
+from npdiff.ddpm import draw_inputs
 from npdiff.models import Denoiser
 from npdiff.schedules import Schedule
 
@@ -141,14 +142,6 @@ class BoundObjective:
         self.schedule = schedule
         self.config = {"objective": "sohl_dickstein", "schedule": dict(schedule.config)}
 
-    def _draw(self, model, x0, rng, t, noise):
-        x0 = backend.asarray(x0, dtype=model.dtype)
-        if t is None:
-            t = rng.integers(2, self.schedule.T + 1, size=x0.shape[0])
-        if noise is None:
-            noise = rng.standard_normal(x0.shape).astype(x0.dtype)
-        return x0, backend.asarray(t), backend.asarray(noise, dtype=x0.dtype)
-
     def forward(self, model, x0, t, noise):
         """−K̂ per point (N,) and the cache for ``backward``."""
         s = self.schedule
@@ -161,11 +154,11 @@ class BoundObjective:
         return per_point, (mean_q, log_var_q, mean_p, log_var_p, kcache)
 
     def loss(self, model, x0, rng=None, *, t=None, noise=None) -> float:
-        x0, t, noise = self._draw(model, x0, rng, t, noise)
+        x0, t, noise = draw_inputs(self.schedule, model, x0, rng, t, noise, first=2)
         return float(self.forward(model, x0, t, noise)[0].mean())
 
     def loss_and_backward(self, model, x0, rng=None, *, t=None, noise=None) -> float:
-        x0, t, noise = self._draw(model, x0, rng, t, noise)
+        x0, t, noise = draw_inputs(self.schedule, model, x0, rng, t, noise, first=2)
         per_point, (mean_q, log_var_q, mean_p, log_var_p, kcache) = self.forward(model, x0, t, noise)
         dkl = (self.schedule.T - 1) / x0.shape[0]  # dL/dKL_n for L = mean_n((T−1)·KL_n)
         dmean, dlog_var = gaussian.kl_backward(mean_q, log_var_q, mean_p, log_var_p, dkl)

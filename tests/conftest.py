@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 # The test models are tiny; a second OpenBLAS thread only spins for a core on a busy 2-core machine
 # (measured 5-10x slower). Set before any test module imports NumPy; a user's own setting wins.
@@ -34,3 +37,21 @@ def pytest_collection_modifyitems(config, items):
     skip = pytest.mark.skip(reason=reason)
     for item in gpu_items:
         item.add_marker(skip)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture()
+def run_demo(tmp_path):
+    """Run ``demos/<name>`` in a fresh process, as a user runs it from a shell, with the repository on
+    PYTHONPATH, the NumPy backend and a headless matplotlib. -> ``subprocess.CompletedProcess``"""
+
+    def run(name: str, *args: str, timeout: float = 300):
+        env = dict(os.environ, MPLBACKEND="Agg")
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+        env.pop("NPDIFF_BACKEND", None)
+        return subprocess.run([sys.executable, str(ROOT / "demos" / name), *map(str, args)], cwd=tmp_path,
+                              env=env, capture_output=True, text=True, timeout=timeout)
+
+    return run

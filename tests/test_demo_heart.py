@@ -2,24 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 
 import numpy as np
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
-DEMO = os.path.join(ROOT, "demos", "heart.py")
 
-
-def test_quick_heart_demo_writes_its_outputs_and_draws_a_heart(tmp_path):
+def test_quick_heart_demo_writes_its_outputs_and_draws_a_heart(tmp_path, run_demo):
     out = tmp_path / "heart"
-    # a fresh process, so the demo's own BLAS-thread setting applies as it does from a shell
-    paths = [ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
-    run = subprocess.run([sys.executable, DEMO, "--quick", "--out", str(out)], env=env, capture_output=True,
-                         text=True, timeout=300)
+    run = run_demo("heart.py", "--quick", "--out", out)
     assert run.returncode == 0, run.stderr
     printed = run.stdout
     for name in ("samples.npy", "heart.png", "loss.png", "heart.gif", "checkpoint.npz"):

@@ -2,24 +2,11 @@
 
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 
 from npdiff import idx
-
-ROOT = Path(__file__).resolve().parents[1]
-DEMO = ROOT / "demos" / "mnist.py"
-
-
-def run_demo(*args, cwd):
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    env.pop("NPDIFF_BACKEND", None)
-    return subprocess.run([sys.executable, str(DEMO), *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=120)
 
 
 def write_tiny_dataset(root: Path, n_train: int = 48, n_test: int = 12) -> None:
@@ -36,13 +23,13 @@ def write_tiny_dataset(root: Path, n_train: int = 48, n_test: int = 12) -> None:
         idx.write_idx(root / (lab_name + ext), (np.arange(n) % 10).astype(np.uint8))
 
 
-def test_quick_run_writes_samples_figure_and_quality_figure(tmp_path):
+def test_quick_run_writes_samples_figure_and_quality_figure(tmp_path, run_demo):
     data = tmp_path / "data"
     data.mkdir()
     write_tiny_dataset(data)
     out = tmp_path / "out"
     # --download with every file present fetches nothing (no network here), and leaves no .part file
-    proc = run_demo("--quick", "--download", "--data", str(data), "--out", str(out), "--seed", "3", cwd=tmp_path)
+    proc = run_demo("mnist.py", "--quick", "--download", "--data", str(data), "--out", str(out), "--seed", "3")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     samples = np.load(out / "samples.npy")
     assert samples.shape == (16, 784) and samples.dtype == np.float32
@@ -59,8 +46,8 @@ def test_quick_run_writes_samples_figure_and_quality_figure(tmp_path):
     assert sorted(os.listdir(data)) == sorted([*(n + ".gz" for n in idx.FILES["train"]), *idx.FILES["test"]])
 
 
-def test_missing_data_exits_with_a_message_naming_the_folder(tmp_path):
-    proc = run_demo("--quick", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out"), cwd=tmp_path)
+def test_missing_data_exits_with_a_message_naming_the_folder(tmp_path, run_demo):
+    proc = run_demo("mnist.py", "--quick", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out"))
     assert proc.returncode == 1
     assert "train-images-idx3-ubyte" in proc.stderr and str(tmp_path / "nowhere") in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -1,9 +1,6 @@
 """demos/gradcheck.py end to end: it runs, writes its report, and its verdict decides the exit code."""
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,21 +9,13 @@ ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "demos" / "gradcheck.py"
 
 
-def run_demo(*args, cwd):
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    env.pop("NPDIFF_BACKEND", None)
-    return subprocess.run([sys.executable, str(DEMO), *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=120)
-
-
 @pytest.mark.parametrize("flags", [
     ["--quick"],
     ["--quick", "--dim", "3", "--activation", "relu", "--layernorm", "--out-dim-mult", "2", "--seed", "5"],
 ])
-def test_demo_passes_and_writes_gradcheck_txt(tmp_path, flags):
+def test_demo_passes_and_writes_gradcheck_txt(tmp_path, flags, run_demo):
     out = tmp_path / "report"
-    proc = run_demo("--out", str(out), *flags, cwd=tmp_path)
+    proc = run_demo("gradcheck.py", "--out", str(out), *flags)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     text = (out / "gradcheck.txt").read_text()
     verdict = re.search(r"max relative error (\S+) \(< 1e-6: OK\)", text)
@@ -38,14 +27,14 @@ def test_demo_passes_and_writes_gradcheck_txt(tmp_path, flags):
     assert str(out.resolve()) in proc.stdout.splitlines()[-1]
 
 
-def test_demo_default_out_folder_is_under_the_working_directory(tmp_path):
-    proc = run_demo("--quick", cwd=tmp_path)
+def test_demo_default_out_folder_is_under_the_working_directory(tmp_path, run_demo):
+    proc = run_demo("gradcheck.py", "--quick")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert (tmp_path / "out" / "gradcheck" / "gradcheck.txt").is_file()
 
 
-def test_demo_rejects_invalid_flags(tmp_path):
-    proc = run_demo("--out-dim-mult", "3", "--out", str(tmp_path), cwd=tmp_path)
+def test_demo_rejects_invalid_flags(tmp_path, run_demo):
+    proc = run_demo("gradcheck.py", "--out-dim-mult", "3", "--out", str(tmp_path))
     assert proc.returncode == 2 and "out-dim-mult" in proc.stderr
 
 

@@ -1,20 +1,11 @@
 """demos/swissroll.py --quick end to end: it trains, evaluates K, draws Figure 1 and prints its folder."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_quick_swissroll_demo_writes_figure_and_results(tmp_path):
-    env = dict(os.environ, PYTHONPATH=str(ROOT), MPLBACKEND="Agg")
-    env.pop("NPDIFF_BACKEND", None)
+def test_quick_swissroll_demo_writes_figure_and_results(tmp_path, run_demo):
     out = tmp_path / "roll"
-    proc = subprocess.run([sys.executable, str(ROOT / "demos" / "swissroll.py"), "--quick", "--out", str(out)],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
+    proc = run_demo("swissroll.py", "--quick", "--out", out)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == str(out.resolve())
     assert (out / "figure1.png").stat().st_size > 10_000
