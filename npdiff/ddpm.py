@@ -49,6 +49,18 @@ def predict_x0(schedule, xt, t, eps):
     return schedule.at("sqrt_recip_alpha_bar", t, xt) * xt - schedule.at("sqrt_recipm1_alpha_bar", t, xt) * eps
 
 
+def draw_inputs(schedule, model, x0, rng, t=None, noise=None, first: int = 1):
+    """A training batch's inputs: x0 on the backend in the model's dtype, t ~ U{first..T} and ε ~ N(0, I)
+    drawn with ``rng`` unless given (given t and noise make a loss deterministic, for gradient checks).
+    -> (x0 (N, D), t (N,), noise (N, D))"""
+    x0 = backend.asarray(x0, dtype=getattr(model, "dtype", None))
+    if t is None:
+        t = schedule.sample_t(x0.shape[0], rng, first)
+    if noise is None:
+        noise = rng.standard_normal(x0.shape, dtype=x0.dtype)
+    return x0, backend.asarray(t), backend.asarray(noise, dtype=x0.dtype)
+
+
 class EpsilonObjective:
     """DDPM's L_simple for a model f(x_t, t) -> ε_θ of shape (N, D); the object ``train.fit`` drives.
 
@@ -61,22 +73,14 @@ class EpsilonObjective:
         self.schedule = schedule
         self.config = {"objective": "epsilon", "schedule": dict(schedule.config)}
 
-    def _inputs(self, model, x0, rng, t, noise):
-        x0 = backend.asarray(x0, dtype=getattr(model, "dtype", None))
-        if t is None:
-            t = self.schedule.sample_t(x0.shape[0], rng)
-        if noise is None:
-            noise = rng.standard_normal(x0.shape, dtype=x0.dtype)
-        return x0, backend.asarray(t), backend.asarray(noise, dtype=x0.dtype)
-
     def loss(self, model, x0, rng=None, *, t=None, noise=None) -> float:
         """The loss alone (a forward pass, no gradient)."""
-        x0, t, noise = self._inputs(model, x0, rng, t, noise)
+        x0, t, noise = draw_inputs(self.schedule, model, x0, rng, t, noise)
         return epsilon_loss(model.forward(q_sample(self.schedule, x0, t, noise), t), noise)[0]
 
     def loss_and_backward(self, model, x0, rng=None, *, t=None, noise=None) -> float:
         """Forward, L_simple, and model.backward(dL/dε_θ).  x0 (N, D); t (N,) and noise (N, D) optional."""
-        x0, t, noise = self._inputs(model, x0, rng, t, noise)
+        x0, t, noise = draw_inputs(self.schedule, model, x0, rng, t, noise)
         xt = q_sample(self.schedule, x0, t, noise)  # (N, D)
         loss, d_eps = epsilon_loss(model.forward(xt, t), noise)
         model.backward(d_eps)
