@@ -78,7 +78,8 @@ class NpdiffDDPM:
 
 def matmul_shapes(model, n: int) -> list[tuple[int, int, int]]:
     """(m, k, n) of every matmul a train step needs: per Linear x·W, xᵀ·dy and dy·Wᵀ, except the
-    first layer's dy·Wᵀ (training needs no gradient with respect to the embedded input)."""
+    first layer's dy·Wᵀ (training needs no gradient with respect to the embedded input). These are the
+    model's products as written; the Denoiser's per-timestep route does fewer at batch 1000."""
     shapes = []
     for j, layer in enumerate(_linears(model)):
         i, h = layer.params["W"].shape

@@ -83,7 +83,7 @@ class EpsilonObjective:
         x0, t, noise = draw_inputs(self.schedule, model, x0, rng, t, noise)
         xt = q_sample(self.schedule, x0, t, noise)  # (N, D)
         loss, d_eps = epsilon_loss(model.forward(xt, t), noise)
-        model.backward(d_eps)
+        model.backward(d_eps, input_grad=False)  # training needs only dL/dθ
         return loss
 
 

@@ -95,5 +95,6 @@ class HybridObjective:
         _, dlv_kl = gaussian.kl_backward(mean_q, log_var_q, mean_p, log_var_p, scale / n)
         _, dlv_nll = gaussian.log_density_backward(x0, mean_p, log_var_p, -scale / n)
         dlog_var = xp.where(first, dlv_nll, dlv_kl)  # (N, D)
-        model.backward(xp.concatenate([deps, learned_range_log_var_backward(vcache, dlog_var)], axis=1))
+        dout = xp.concatenate([deps, learned_range_log_var_backward(vcache, dlog_var)], axis=1)  # (N, 2D)
+        model.backward(dout, input_grad=False)
         return loss

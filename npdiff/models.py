@@ -12,6 +12,12 @@ H hidden width, O output channels (D for ε-prediction, 2·D for a mean and a va
 
 Initialisation: every Linear as PyTorch's default, W and b ~ U(−1/√fan_in, 1/√fan_in); LayerNorm
 γ = 1, β = 0. Parameters live in one contiguous buffer (``npdiff.flat``), in the dtype chosen here.
+
+The first layer splits: Linear([h_x, h_t]) = h_x·W_x + h_t·W_t + b, with W_x the first D·E rows of W
+and W_t the rest, and h_t·W_t depends on t alone. A large batch holds few distinct timesteps (at most T
+in training, one in sampling), so there the time half is embedded and multiplied once per distinct t,
+and in backward dL/dW_t = h_tᵀ·(the rows' dL/dz summed per timestep). Smaller batches take the plain
+concatenation; both routes give the same numbers up to rounding.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from __future__ import annotations
 from npdiff import backend
 from npdiff.embeddings import SinusoidalEmbedding
 from npdiff.flat import flatten
-from npdiff.layers import LayerNorm, Linear, Module, Residual, Sequential, activation as make_activation
+from npdiff.layers import LayerNorm, Linear, Module, Residual, Sequential, activation as make_activation, ones
 
 
 class Denoiser(Module):
@@ -81,25 +87,45 @@ class Denoiser(Module):
         return [(name, m) for name, m in named if m is not None]
 
     def forward(self, x_t, t):
-        xp = backend.xp
         if x_t.ndim != 2 or x_t.shape[1] != self.config["data_dim"]:
             raise ValueError(f"x_t must have shape (N, {self.config['data_dim']}), got {tuple(x_t.shape)}")
         if t.shape != (x_t.shape[0],):
             raise ValueError(f"t must have shape ({x_t.shape[0]},), got {tuple(t.shape)}")
-        x_t = x_t.astype(self.dtype, copy=False)
-        # plain: h = inp(concatenate([h_x, h_t], axis=1)); the embeddings write their halves in place
-        h = xp.empty((x_t.shape[0], self.x_features + self.config["time_emb_dim"]), dtype=self.dtype)
-        h_x, h_t = h[:, : self.x_features], h[:, self.x_features:]
+        h = self._inp_forward(x_t.astype(self.dtype, copy=False), t)  # (N, H)
+        h = self.blocks.forward(h)
+        if self.norm is not None:
+            h = self.norm.forward(h)
+        return self.out.forward(h)  # (N, O)
+
+    # batches of at least this many rows, with at most a quarter as many distinct t, go per timestep
+    PER_STEP_MIN_ROWS = 512
+
+    def _inp_forward(self, x_t, t):
+        """act(Linear([h_x, h_t])), the embeddings and the first layer (module docstring).  -> (N, H)"""
+        xp = backend.xp
+        linear, act = self.inp.layers
+        n, nx = x_t.shape[0], self.x_features
+        self.cache = None
+        if n >= self.PER_STEP_MIN_ROWS:
+            steps, rows, counts = xp.unique(t, return_inverse=True, return_counts=True)  # t = steps[rows]
+            if 4 * steps.shape[0] <= n:
+                h_x = self.coord_emb.forward(x_t) if self.coord_emb is not None else x_t  # (N, D·E)
+                h_t = self.time_emb.forward(steps.astype(self.dtype)[:, None])  # one row per t  (U, Et)
+                W = linear.params["W"]
+                z = xp.dot(h_x, W[:nx])  # h_x·W_x                   (N, H)
+                z += xp.dot(h_t, W[nx:])[rows]  # + h_t·W_t, computed once per distinct t
+                z += linear.params["b"]
+                self.cache = (h_x, h_t, rows, counts)  # both inputs, and which rows share a timestep
+                return act.forward(z)
+        # plain: h = concatenate([h_x, h_t], axis=1); the embeddings write their halves in place
+        h = xp.empty((n, nx + self.config["time_emb_dim"]), dtype=self.dtype)
+        h_x, h_t = h[:, :nx], h[:, nx:]
         if self.coord_emb is not None:
             self.coord_emb.forward(x_t, out=h_x)  # (N, D·E)
         else:
             h_x[...] = x_t  # (N, D)
         self.time_emb.forward(t.astype(self.dtype)[:, None], out=h_t)  # (N, Et)
-        h = self.inp.forward(h)  # (N, H)
-        h = self.blocks.forward(h)
-        if self.norm is not None:
-            h = self.norm.forward(h)
-        return self.out.forward(h)  # (N, O)
+        return act.forward(linear.forward(h))
 
     def backward(self, dy, input_grad: bool = True):
         """dy = dL/df (N, O) -> dL/dx_t (N, D); parameter gradients are added into ``grads``.
@@ -107,15 +133,26 @@ class Denoiser(Module):
         ``input_grad=False`` skips dL/dx_t (returns None): training needs only the parameters'
         gradients, and the first layer's input gradient is the widest matrix product of the pass.
         """
+        xp = backend.xp
         dh = self.out.backward(dy)
         if self.norm is not None:
             dh = self.norm.backward(dh)
         dh = self.blocks.backward(dh)
         linear, act = self.inp.layers
-        dh = act.backward(dh)
-        linear.backward(dh, input_grad=False)  # dL/dW, dL/db of the first layer
+        dz = act.backward(dh)  # dL/dz, z = [h_x, h_t]·W + b  (N, H)
+        nx = self.x_features
+        if self.cache is None:  # the plain route
+            linear.backward(dz, input_grad=False)  # dL/dW, dL/db of the first layer
+        else:
+            h_x, h_t, rows, counts = self.cache
+            linear.grads["W"][:nx] += xp.dot(h_x.T, dz)  # dL/dW_x = h_xᵀ·dz
+            # dL/dW_t = Σ_n h_t[rows_n]ᵀ dz_n = h_tᵀ·(dz summed over the rows of each timestep)
+            by_step = xp.argsort(rows, kind="stable")  # rows grouped by timestep
+            dz_t = xp.add.reduceat(dz[by_step], xp.cumsum(counts) - counts, axis=0)  # (U, H)
+            linear.grads["W"][nx:] += xp.dot(h_t.T, dz_t)
+            linear.grads["b"] += xp.dot(ones(dz.shape[0], dz.dtype), dz)  # dL/db = Σ_n dz
         if not input_grad:
             return None
-        # dL/dh_x = dL/dh · W_xᵀ, the embedding rows of W only: the time half carries no gradient
-        dh_x = backend.xp.dot(dh, linear.params["W"][: self.x_features].T)  # (N, D·E) or (N, D)
+        # dL/dh_x = dL/dz · W_xᵀ, the embedding rows of W only: the time half carries no gradient
+        dh_x = xp.dot(dz, linear.params["W"][:nx].T)  # (N, D·E) or (N, D)
         return self.coord_emb.backward(dh_x) if self.coord_emb is not None else dh_x

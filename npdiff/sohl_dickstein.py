@@ -162,5 +162,5 @@ class BoundObjective:
         per_point, (mean_q, log_var_q, mean_p, log_var_p, kcache) = self.forward(model, x0, t, noise)
         dkl = (self.schedule.T - 1) / x0.shape[0]  # dL/dKL_n for L = mean_n((T−1)·KL_n)
         dmean, dlog_var = gaussian.kl_backward(mean_q, log_var_q, mean_p, log_var_p, dkl)
-        model.backward(reverse_kernel_backward(kcache, dmean, dlog_var))
+        model.backward(reverse_kernel_backward(kcache, dmean, dlog_var), input_grad=False)
         return float(per_point.mean())

@@ -73,6 +73,43 @@ def test_denoiser_without_input_grad_returns_none_and_identical_parameter_gradie
     np.testing.assert_array_equal(grads[0], grads[1])
 
 
+def per_step_case(embed_coords=True, seed=5):
+    """A float64 model and a batch whose timesteps repeat (3 distinct in 13 rows)."""
+    rng = np.random.default_rng(seed)
+    model = Denoiser(2, hidden=6, n_blocks=1, emb_dim=4, time_emb_dim=6, coord_scale=2.0, layernorm=True,
+                     embed_coords=embed_coords, dtype=F64)
+    return model, rng.standard_normal((13, 2)), rng.choice([4, 17, 30], size=13)
+
+
+@pytest.mark.parametrize("embed_coords", [True, False])
+def test_per_timestep_route_matches_the_plain_route_and_finite_differences(embed_coords):
+    model, x, t = per_step_case(embed_coords)
+    dy = np.random.default_rng(6).standard_normal((13, 2))
+    results = []
+    for min_rows in (10**9, 1):  # plain route, then the per-timestep route
+        model.PER_STEP_MIN_ROWS = min_rows
+        model.zero_grad()
+        y = model.forward(x, t)
+        dx = model.backward(dy)
+        assert (model.cache is None) == (min_rows > 1)
+        results.append((y, dx, model.flat_grads.copy()))
+    for plain, per_step in zip(*results):
+        np.testing.assert_allclose(per_step, plain, rtol=1e-12, atol=1e-13)
+    report = gradcheck.check_module(model, x, t)  # still on the per-timestep route
+    assert gradcheck.worst(report) < 1e-7, gradcheck.format_report(report)
+
+
+def test_per_timestep_route_needs_a_large_batch_with_repeated_timesteps():
+    model, x, t = per_step_case()
+    model.forward(x, t)
+    assert model.cache is None  # 13 rows < PER_STEP_MIN_ROWS
+    model.PER_STEP_MIN_ROWS = 1
+    model.forward(x, np.arange(13))  # every timestep distinct: more than a quarter of the rows
+    assert model.cache is None
+    model.forward(x, t)
+    assert model.cache is not None
+
+
 def test_embedding_writes_into_a_column_slice_and_matches_the_concatenated_form():
     rng = np.random.default_rng(3)
     emb = SinusoidalEmbedding(8, 3.0, dtype=F64)
