@@ -158,9 +158,12 @@ def _clip(x0_hat, clip_x0):
     return backend.xp.clip(x0_hat, clip_x0[0], clip_x0[1]) if clip_x0 is not None else x0_hat
 
 
-def _finite(x, t) -> None:
+def _record(x, t, xs) -> None:
+    """After the step to t − 1: stop on non-finite values; keep a host copy of x when recording."""
     if not bool(backend.xp.isfinite(x).all()):
         raise FloatingPointError(f"sampling produced non-finite values at t={t}")
+    if xs is not None:
+        xs.append(backend.to_numpy(x).copy())
 
 
 def ancestral_sample(model, schedule, n: int, rng, *, variance: str = "fixed_small", clip_x0=None,
@@ -190,12 +193,8 @@ def ancestral_sample(model, schedule, n: int, rng, *, variance: str = "fixed_sma
             x = float(schedule.posterior_mean_coef1[t]) * x0_hat + float(schedule.posterior_mean_coef2[t]) * x
         if t > 1:
             x = x + math.sqrt(var[t]) * rng.standard_normal(x.shape, dtype=x.dtype)
-        _finite(x, t)
-        if record:
-            xs.append(backend.to_numpy(x).copy())
-    if record:
-        return x, np.array(ts + [0]), np.stack(xs)
-    return x
+        _record(x, t, xs)
+    return (x, np.array(ts + [0]), np.stack(xs)) if record else x
 
 
 def ddim_sample(model, schedule, n: int, rng, *, n_steps: int | None = None, eta: float = 0.0, clip_x0=None,
@@ -223,12 +222,8 @@ def ddim_sample(model, schedule, n: int, rng, *, n_steps: int | None = None, eta
         x = math.sqrt(ab_s) * x0_hat + _ddim_eps_coef(ab_s, sigma) * eps
         if sigma > 0:
             x = x + sigma * rng.standard_normal(x.shape, dtype=x.dtype)
-        _finite(x, t)
-        if record:
-            xs.append(backend.to_numpy(x).copy())
-    if record:
-        return x, np.array(ts + [0]), np.stack(xs)
-    return x
+        _record(x, t, xs)
+    return (x, np.array(ts + [0]), np.stack(xs)) if record else x
 
 
 SAMPLERS = {"ancestral": ancestral_sample, "ddim": ddim_sample}
