@@ -96,7 +96,7 @@ def run(args) -> None:
             opt = optim.Adam(model, lr=args.lr)
             ema = optim.EMA(model, decay=0.999)
             hist = train.fit(model, z, objective, steps=args.steps, batch_size=args.batch, optimizer=opt, rng=rng,
-                             lr_schedule=optim.cosine_lr(args.lr, args.steps, warmup=200), clip=args.clip, ema=ema,
+                             lr_schedule=optim.cosine_lr(args.lr, args.steps, warmup=min(200, args.steps)), clip=args.clip, ema=ema,
                              progress=False, checkpoint_path=ckpt, checkpoint_every=None)
             train_seconds, final_loss = hist.seconds, float(np.mean(hist.loss[-500:]))
             with open(timing, "w") as f:

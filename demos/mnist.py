@@ -168,7 +168,7 @@ def main(argv=None) -> dict:
     ema = EMA(model, args.ema) if args.ema > 0 else None
     rng = backend.default_rng(args.seed)
     history = train.fit(model, x, ddpm.EpsilonObjective(schedule), steps=args.steps, batch_size=args.batch_size,
-                        optimizer=optimizer, rng=rng, lr_schedule=cosine_lr(args.lr, args.steps, warmup=100),
+                        optimizer=optimizer, rng=rng, lr_schedule=cosine_lr(args.lr, args.steps, warmup=min(100, args.steps)),
                         clip=1.0, ema=ema)
     t_train = history.seconds
     print(f"trained {args.steps} steps of batch {args.batch_size} in {t_train:.2f} s "
@@ -224,4 +224,7 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    try:
+        main(sys.argv[1:])
+    except ValueError as err:  # a bad flag value: one line, not a traceback
+        sys.exit(f"{os.path.basename(sys.argv[0])}: error: {err}")

@@ -138,4 +138,7 @@ def main(argv=None) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except ValueError as err:  # a bad flag value: one line, not a traceback
+        sys.exit(f"{os.path.basename(sys.argv[0])}: error: {err}")

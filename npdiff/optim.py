@@ -94,6 +94,12 @@ def clip_grad_norm(grads, max_norm: float) -> float:
     return norm
 
 
+def _check_schedule(total_steps: int, warmup: int = 0) -> None:
+    if int(total_steps) < 1 or not 0 <= int(warmup) <= int(total_steps):
+        raise ValueError(f"an lr schedule needs total_steps >= 1 and 0 <= warmup <= total_steps, "
+                         f"got total_steps={total_steps}, warmup={warmup}")
+
+
 def constant_lr(lr: float):
     """lr(k) = lr."""
     return lambda step: lr
@@ -101,11 +107,13 @@ def constant_lr(lr: float):
 
 def linear_decay_lr(lr: float, total_steps: int, final: float = 0.0):
     """lr(k) = lr + (final − lr)·k/total_steps, held at ``final`` after the end."""
+    _check_schedule(total_steps)
     return lambda step: lr + (final - lr) * min(step, total_steps) / total_steps
 
 
 def cosine_lr(lr: float, total_steps: int, final: float = 0.0, warmup: int = 0):
     """Linear warm-up over ``warmup`` steps, then lr(k) = final + ½(lr − final)(1 + cos(π·p)), p ∈ [0, 1]."""
+    _check_schedule(total_steps, warmup)
 
     def schedule(step):
         if step < warmup:

@@ -277,3 +277,10 @@ def test_ema_swap_exchanges_weights_and_swapping_twice_restores():
 def test_invalid_ema_decay_raises_value_error(decay):
     with pytest.raises(ValueError, match="decay"):
         EMA(toy(), decay=decay)
+
+
+def test_lr_schedules_reject_empty_or_inconsistent_lengths():
+    with pytest.raises(ValueError, match="total_steps"):
+        linear_decay_lr(1e-3, 0)
+    with pytest.raises(ValueError, match="warmup"):
+        cosine_lr(1e-3, 100, warmup=200)
