@@ -95,6 +95,11 @@ class Checkpoint:
         return {k[len(prefix):]: (v.item() if v.ndim == 0 else v) for k, v in self.arrays.items()
                 if k.startswith(prefix)}
 
+    def _ema_shadow(self):
+        if "ema/shadow" not in self.arrays:
+            raise ValueError(f"{self.path}: no EMA weights stored")
+        return self.arrays["ema/shadow"]
+
     def restore(self, model, *, optimizer=None, ema=None, rng=None, use_ema: bool = False) -> None:
         """Copy the stored state into existing objects. ``use_ema`` loads the EMA weights into the model."""
         params = self.group("param")
@@ -114,18 +119,14 @@ class Checkpoint:
                                  f"the model's has {value.shape}")
             value[...] = backend.asarray(params[name], dtype=value.dtype)
         if use_ema:
-            if "ema/shadow" not in self.arrays:
-                raise ValueError(f"{self.path}: no EMA weights stored")
-            model.flat_params[...] = backend.asarray(self.arrays["ema/shadow"], dtype=model.flat_params.dtype)
+            model.flat_params[...] = backend.asarray(self._ema_shadow(), dtype=model.flat_params.dtype)
         if optimizer is not None:
             if "optimizer" not in self.info:
                 raise ValueError(f"{self.path}: no optimizer state stored")
             optimizer.load_state_dict({"m": self.arrays["optimizer/m"], "v": self.arrays["optimizer/v"],
                                        "steps": self.info["optimizer"]["steps"]})
         if ema is not None:
-            if "ema/shadow" not in self.arrays:
-                raise ValueError(f"{self.path}: no EMA weights stored")
-            ema.shadow[...] = backend.asarray(self.arrays["ema/shadow"], dtype=ema.shadow.dtype)
+            ema.shadow[...] = backend.asarray(self._ema_shadow(), dtype=ema.shadow.dtype)
         if rng is not None:
             if "rng_state" not in self.info:
                 raise ValueError(f"{self.path}: no random-generator state stored")

@@ -82,13 +82,19 @@ class AdamW(Adam):
         self.weight_decay = float(weight_decay)
 
 
-def clip_grad_norm(grads, max_norm: float) -> float:
+def grad_norm(grads) -> float:
+    """‖g‖₂ of the flat gradient buffer (P,)."""
+    xp = backend.xp
+    return float(xp.sqrt(xp.dot(grads, grads)))
+
+
+def clip_grad_norm(grads, max_norm: float, norm: float | None = None) -> float:
     """Scale the flat gradient so that ‖g‖₂ ≤ max_norm (PyTorch's rule: g·max_norm/(‖g‖ + 1e−6)).
 
+    norm: ‖g‖₂ if the caller has it already (the training loop checks it is finite first).
     Returns the norm before clipping, so callers can log it; clipping is never silent.
     """
-    xp = backend.xp
-    norm = float(xp.sqrt(xp.dot(grads, grads)))
+    norm = grad_norm(grads) if norm is None else norm
     if norm > max_norm:
         grads *= max_norm / (norm + 1e-6)
     return norm

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from npdiff import backend, checkpoint
+from npdiff.optim import clip_grad_norm, grad_norm
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -93,16 +94,14 @@ def train_step(model, objective, x0, rng, optimizer, *, lr: float | None = None,
                ema=None, step: int = 0) -> tuple[float, float]:
     """One update; returns (loss, gradient norm before clipping). Raises NonFiniteLossError before
     touching the weights if the loss or the gradient is not finite."""
-    xp = backend.xp
     model.zero_grad()
     loss = objective.loss_and_backward(model, x0, rng)
-    grads = optimizer.grads  # the model's flat gradient buffer (P,)
-    norm = float(xp.sqrt(xp.dot(grads, grads)))  # ‖g‖₂, logged and used by clipping
+    norm = grad_norm(optimizer.grads)  # ‖g‖₂ of the flat gradient buffer, logged and used by clipping
     if not (math.isfinite(loss) and math.isfinite(norm)):
         raise NonFiniteLossError(f"non-finite {'loss' if not math.isfinite(loss) else 'gradient norm'} at step "
                                  f"{step} (loss={loss}, grad norm={norm}); the weights were not updated")
-    if clip is not None and norm > clip:
-        grads *= clip / (norm + 1e-6)  # PyTorch's clip_grad_norm_ rule, as optim.clip_grad_norm
+    if clip is not None:
+        clip_grad_norm(optimizer.grads, clip, norm)
     optimizer.step(lr)
     if ema is not None:
         ema.update()
