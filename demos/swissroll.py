@@ -26,10 +26,8 @@ import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from npdiff import data, likelihood, optim, sohl_dickstein as sd, train  # noqa: E402
-from npdiff.schedules import Schedule  # noqa: E402
+from npdiff import data, likelihood, optim, sohl_dickstein as sd, train
+from npdiff.schedules import Schedule
 
 LN2 = math.log(2.0)
 
