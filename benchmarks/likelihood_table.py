@@ -33,7 +33,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from npdiff import checkpoint, data, hybrid, likelihood, optim, sohl_dickstein as sd, train  # noqa: E402
+from npdiff import checkpoint, data, ddpm, hybrid, likelihood, optim, sohl_dickstein as sd, train  # noqa: E402
 from npdiff.ddpm import EpsilonObjective  # noqa: E402
 from npdiff.models import Denoiser  # noqa: E402
 from npdiff.schedules import Schedule  # noqa: E402
@@ -60,9 +60,9 @@ def build(row: str, seed: int):
 
 def processes(row, model, s):
     if row == "eps":
-        return {v: likelihood.EpsilonChain(model, s, v) for v in ("fixed_small", "fixed_large")}
+        return {v: ddpm.EpsilonChain(model, s, v) for v in ("fixed_small", "fixed_large")}
     if row == "hybrid":
-        return {v: likelihood.EpsilonChain(model, s, v) for v in ("learned_range", "fixed_large")}
+        return {v: ddpm.EpsilonChain(model, s, v) for v in ("learned_range", "fixed_large")}
     return {"sd": sd.SohlDicksteinChain(model, s)}
 
 
@@ -95,7 +95,7 @@ def run(args) -> None:
         else:
             opt = optim.Adam(model, lr=args.lr)
             ema = optim.EMA(model, decay=0.999)
-            hist = train.fit(model, z, objective, steps=args.steps, batch_size=args.batch, optimizer=opt, rng=rng,
+            hist = train.fit(model, z, objective, steps=args.steps, batch_size=args.batch_size, optimizer=opt, rng=rng,
                              lr_schedule=optim.cosine_lr(args.lr, args.steps, warmup=min(200, args.steps)), clip=args.clip, ema=ema,
                              progress=False, checkpoint_path=ckpt, checkpoint_every=None)
             train_seconds, final_loss = hist.seconds, float(np.mean(hist.loss[-500:]))
@@ -106,7 +106,7 @@ def run(args) -> None:
             b = evaluate(proc, args.dataset, mean, std, rng, args.target_se, args.max_points)
             result = {"dataset": args.dataset, "row": row, "variance": variance, "T": s.T, "schedule": s.name,
                       "train_seconds": train_seconds, "eval_seconds": b.seconds, "steps": args.steps,
-                      "batch": args.batch, "nll": b.nll_data, "se": b.se, "n_points": b.n,
+                      "batch": args.batch_size, "nll": b.nll_data, "se": b.se, "n_points": b.n,
                       "gain_nats": b.gain, "gain_se": b.gain_se, "final_loss": final_loss}
             path = f"{stem}_{variance}.json"
             with open(path, "w") as f:
@@ -144,7 +144,7 @@ def main(argv=None) -> None:
     p.add_argument("--dataset", default="8gaussians", choices=("8gaussians", "swissroll"))
     p.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS)
     p.add_argument("--steps", type=int, default=20000)
-    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--batch-size", "--batch", type=int, default=256)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--clip", type=float, default=None)
     p.add_argument("--target-se", type=float, default=0.0095)

@@ -101,8 +101,8 @@ class TorchDDPM:
         n = x0.shape[0]
         t = torch.randint(1, self.T + 1, (n,), device=self.device)
         noise = torch.randn(x0.shape, device=self.device)
-        xt = self.sqrt_ab[t] * x0 + self.sqrt_1mab[t] * noise
-        loss = nn.functional.mse_loss(self.model(xt, t), noise)
+        x_t = self.sqrt_ab[t] * x0 + self.sqrt_1mab[t] * noise
+        loss = nn.functional.mse_loss(self.model(x_t, t), noise)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         if self.clip is not None:

@@ -33,7 +33,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import numpy as np  # noqa: E402
 
-from npdiff import backend, data, ddpm, train  # noqa: E402
+from npdiff import backend, data, ddpm, sampling, train  # noqa: E402
 from npdiff.layers import Linear  # noqa: E402
 from npdiff.models import Denoiser  # noqa: E402
 from npdiff.optim import AdamW  # noqa: E402
@@ -60,7 +60,7 @@ def sync() -> None:
 
 class NpdiffDDPM:
     """npdiff's own DDPM code path: ``train.train_step`` with ``ddpm.EpsilonObjective``, and
-    ``ddpm.ancestral_sample``, exactly what ``train.fit`` and the demos run."""
+    ``sampling.sample``, exactly what ``train.fit`` and the demos run."""
 
     def __init__(self, cfg: dict, schedule: Schedule) -> None:
         self.model = Denoiser(**COMMON, **cfg["model"])
@@ -73,7 +73,7 @@ class NpdiffDDPM:
         return train.train_step(self.model, self.objective, x0, self.rng, self.opt, clip=self.clip)
 
     def sample(self, n: int, dim: int):
-        return ddpm.ancestral_sample(self.model, self.schedule, n, self.rng)
+        return sampling.sample(ddpm.EpsilonChain(self.model, self.schedule), n, self.rng)
 
 
 def matmul_shapes(model, n: int) -> list[tuple[int, int, int]]:

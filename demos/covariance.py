@@ -2,7 +2,7 @@
 
     python demos/covariance.py [--T 1000] [--n 200000] [--seed 0] [--out out/covariance] [--quick]
 
-Data x_0 ~ N(0, Σ_0) with a correlated, anisotropic Σ_0. ``ddpm.q_sample`` draws x_t = √ᾱ_t x_0 +
+Data x_0 ~ N(0, Σ_0) with a correlated, anisotropic Σ_0. ``Schedule.q_sample`` draws x_t = √ᾱ_t x_0 +
 √(1 − ᾱ_t) ε for a few t; the script compares each sample covariance with the closed form and prints
 the largest entrywise difference beside its standard error (Var of a sample covariance entry is
 (Σ_ii Σ_jj + Σ_ij²)/n for Gaussian data). Writes covariance.png: the samples at each t with the
@@ -18,7 +18,7 @@ import sys
 
 import numpy as np
 
-from npdiff import ddpm
+from npdiff import fileio, threads
 from npdiff.schedules import Schedule
 
 SIGMA_0 = np.array([[2.0, 1.2], [1.2, 1.0]])  # tilted, elongated: correlation 0.85
@@ -47,6 +47,7 @@ def sigma_t(schedule: Schedule, t: int) -> np.ndarray:
 
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
+    print(threads.apply_policy())  # one BLAS thread unless you set OPENBLAS_NUM_THREADS (docs/command-line.md)
     os.makedirs(args.out, exist_ok=True)
     rng = np.random.default_rng(args.seed)
     schedule = Schedule(args.T, "linear")
@@ -54,16 +55,17 @@ def main(argv=None) -> list[dict]:
     x0 = rng.multivariate_normal(np.zeros(2), SIGMA_0, size=args.n)  # (n, 2)
     rows, clouds = [], {}
     for t in sorted({0, args.T // 20, args.T // 5, args.T // 2, args.T}):
-        xt = ddpm.q_sample(schedule, x0, np.full(args.n, t), rng.standard_normal(x0.shape))  # (n, 2)
-        empirical, exact = np.cov(xt, rowvar=False), sigma_t(schedule, t)
+        x_t = schedule.q_sample(x0, np.full(args.n, t), rng.standard_normal(x0.shape))  # (n, 2)
+        empirical, exact = np.cov(x_t, rowvar=False), sigma_t(schedule, t)
         se = np.sqrt((np.outer(np.diag(exact), np.diag(exact)) + exact**2) / args.n)  # SE of each entry
         z = float(np.max(np.abs(empirical - exact) / se))
         rows.append({"t": t, "alpha_bar": float(schedule.alpha_bar[t]), "max_abs_diff":
                      float(np.max(np.abs(empirical - exact))), "max_z": z})
         print(f"t={t:5d}  alpha_bar={schedule.alpha_bar[t]:.4f}  Sigma_t={np.round(exact, 4).tolist()}  "
               f"sample-cov diff max {rows[-1]['max_abs_diff']:.4f} = {z:.1f} standard errors")
-        clouds[t] = xt[:2000]
-    draw(os.path.join(args.out, "covariance.png"), schedule, clouds)
+        clouds[t] = x_t[:2000]
+    with fileio.atomic_path(os.path.join(args.out, "covariance.png")) as path:  # written whole or not at all
+        draw(path, schedule, clouds)
     print(os.path.abspath(args.out))
     return rows
 

@@ -17,20 +17,12 @@ import os
 import sys
 import time
 
-# One BLAS thread unless the user says otherwise (before NumPy loads OpenBLAS): the matrices here are
-# small (512 × 192 at most), and on a busy 2-core machine a second OpenBLAS thread that spins waiting
-# for a core made this demo 5-10× slower (57-110 s instead of 11 s, measured while tests ran beside it).
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from npdiff import backend, checkpoint, data, ddpm, metrics, train, viz  # noqa: E402
-from npdiff.models import Denoiser  # noqa: E402
-from npdiff.optim import EMA, AdamW, cosine_lr  # noqa: E402
-from npdiff.schedules import Schedule  # noqa: E402
+from npdiff import AdamW, Diffusion, backend, cosine_lr, data, fileio, metrics, sampling, threads, viz
 
 # chosen by measured Chamfer per second on a 2-core CPU (see the README's table)
-DEFAULTS = dict(steps=3000, batch_size=512, lr=2e-2, T=200, schedule="linear", width=64, blocks=1, emb=64,
+DEFAULTS = dict(steps=3000, batch_size=512, lr=2e-2, T=200, schedule="linear", hidden=64, n_blocks=1, emb_dim=64,
                 ema=0.0, sampler="ancestral", seed=0)
 QUICK = dict(steps=800)
 N_SAMPLES, N_CURVE, GIF_FRAMES = 2000, 20_000, 20
@@ -41,14 +33,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", default=os.path.join("out", "heart"), help="output folder (default ./out/heart)")
     p.add_argument("--quick", action="store_true", help=f"a short run ({QUICK['steps']} steps) for tests")
     p.add_argument("--steps", type=int, help=f"training steps (default {DEFAULTS['steps']})")
-    p.add_argument("--batch-size", type=int, help=f"examples per step (default {DEFAULTS['batch_size']})")
+    p.add_argument("--batch-size", "--batch", type=int, help=f"examples per step (default {DEFAULTS['batch_size']})")
     p.add_argument("--lr", type=float, help=f"peak AdamW learning rate, cosine-decayed (default {DEFAULTS['lr']})")
     p.add_argument("--T", type=int, help=f"diffusion steps (default {DEFAULTS['T']})")
     p.add_argument("--schedule", choices=["linear", "linear_scaled", "cosine", "sigmoid"],
                    help="beta schedule; linear is Ho et al.'s 1e-4..0.02, linear_scaled multiplies it by 1000/T")
-    p.add_argument("--width", type=int, help=f"hidden width of the MLP (default {DEFAULTS['width']})")
-    p.add_argument("--blocks", type=int, help=f"residual blocks (default {DEFAULTS['blocks']})")
-    p.add_argument("--emb", type=int, help=f"sinusoidal embedding size (default {DEFAULTS['emb']})")
+    p.add_argument("--hidden", "--width", type=int, help=f"hidden width of the MLP (default {DEFAULTS['hidden']})")
+    p.add_argument("--n-blocks", "--blocks", type=int, help=f"residual blocks (default {DEFAULTS['n_blocks']})")
+    p.add_argument("--emb-dim", "--emb", type=int, help=f"sinusoidal embedding size (default {DEFAULTS['emb_dim']})")
     p.add_argument("--ema", type=float,
                    help=f"EMA decay of the sampled weights, 0 for none (default {DEFAULTS['ema']})")
     p.add_argument("--sampler", choices=["ancestral", "ddim"], help="reverse process (default ancestral)")
@@ -64,10 +56,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def make_schedule(name: str, T: int) -> Schedule:
-    if name == "linear_scaled":
-        return Schedule(T, "linear", scale_to_T=True)
-    return Schedule(T, name)
+def make_diffusion(args) -> Diffusion:
+    """The ε-model of the seed tutorial's heart, pre-LN blocks, on the chosen schedule (``linear_scaled``:
+    Ho et al.'s β range times 1000/T)."""
+    scaled = args.schedule == "linear_scaled"
+    return Diffusion(2, "epsilon", args.T, "linear" if scaled else args.schedule, {"scale_to_T": True} if scaled else None,
+                     hidden=args.hidden, n_blocks=args.n_blocks, emb_dim=args.emb_dim, coord_scale=25.0,
+                     time_scale=1.0, layernorm=True, final_layernorm=True, seed=args.seed)
 
 
 def clip_range(arg: str, schedule, sampler: str, x):
@@ -77,8 +72,8 @@ def clip_range(arg: str, schedule, sampler: str, x):
     if arg != "auto":
         return (-float(arg), float(arg))
     ts = schedule.reverse_t()
-    gain = max(ddpm.ancestral_gain(schedule, t) for t in ts) if sampler == "ancestral" else \
-        max(ddpm.ddim_gain(schedule, t, s) for t, s in zip(ts, ts[1:] + [0]))
+    gain = max(sampling.ancestral_gain(schedule, t) for t in ts) if sampler == "ancestral" else \
+        max(sampling.ddim_gain(schedule, t, t_prev) for t, t_prev in zip(ts, ts[1:] + [0]))
     if gain <= 10:
         return None
     r = float(np.abs(x).max()) * 1.05
@@ -89,35 +84,29 @@ def clip_range(arg: str, schedule, sampler: str, x):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    print(threads.apply_policy())  # one BLAS thread unless you set OPENBLAS_NUM_THREADS (docs/command-line.md)
     os.makedirs(args.out, exist_ok=True)
     start, cpu_start = time.perf_counter(), time.process_time()
     rng = backend.default_rng(args.seed)
     x = data.heart(data.HEART_TRAIN_SIZE, np.random.default_rng(args.seed))  # (8000, 2)
-    schedule = make_schedule(args.schedule, args.T)
+    diffusion = make_diffusion(args)
+    schedule = diffusion.schedule
     print(schedule.summary(float(x.var(axis=0).mean())))
-    model = Denoiser(2, hidden=args.width, n_blocks=args.blocks, emb_dim=args.emb, coord_scale=25.0,
-                     time_scale=1.0, layernorm=True, final_layernorm=True, seed=args.seed)
-    optimizer = AdamW(model, lr=args.lr)
-    ema = EMA(model, args.ema) if args.ema > 0 else None
-    history = train.fit(model, x, ddpm.EpsilonObjective(schedule), steps=args.steps, batch_size=args.batch_size,
-                        optimizer=optimizer, rng=rng, lr_schedule=cosine_lr(args.lr, args.steps, warmup=min(100, args.steps)),
-                        clip=1.0, ema=ema)
+    history = diffusion.fit(x, args.steps, args.batch_size, args.lr, rng=rng, ema=args.ema or None,
+                            optimizer=AdamW(diffusion.model, lr=args.lr),  # weight decay 0.01, PyTorch's default
+                            lr_schedule=cosine_lr(args.lr, args.steps, warmup=min(100, args.steps)))
     t_train = history.seconds
     print(f"trained {args.steps} steps of batch {args.batch_size} in {t_train:.1f} s, "
           f"final loss {np.mean(history.loss[-100:]):.4f}")
-    checkpoint.save(os.path.join(args.out, "checkpoint.npz"), model, optimizer=optimizer, ema=ema,
-                    step=args.steps, schedule=schedule, meta={"demo": "heart", "args": vars(args)})
+    diffusion.save(os.path.join(args.out, "checkpoint.npz"))
 
     t0 = time.perf_counter()
-    if ema is not None:
-        ema.swap()  # sample from the averaged weights
     clip = clip_range(args.clip_x0, schedule, args.sampler, x)
-    options = {"n_steps": args.ddim_steps} if args.sampler == "ddim" else {"variance": "fixed_small"}
-    samples, ts, xs = ddpm.sample(model, schedule, N_SAMPLES, rng, sampler=args.sampler, clip_x0=clip, record=True,
-                                  **options)
-    samples = backend.to_numpy(samples).astype(np.float64)
+    samples, ts, xs = diffusion.sample(N_SAMPLES, rng=rng, sampler=args.sampler, ddim_steps=args.ddim_steps,
+                                       clip_x0=clip, record=True)  # from the EMA weights when --ema > 0
+    samples = samples.astype(np.float64)
     t_sample = time.perf_counter() - t0
-    np.save(os.path.join(args.out, "samples.npy"), samples)
+    fileio.save_array(os.path.join(args.out, "samples.npy"), samples)  # every output is written atomically
 
     curve = data.heart_curve(N_CURVE)
     cd = metrics.chamfer(samples, curve)
@@ -126,19 +115,22 @@ def main(argv=None) -> dict:
 
     t0 = time.perf_counter()
     extent = (-5.0, 5.0)
-    viz.points_png(os.path.join(args.out, "heart.png"),
-                   {"training data": x[:N_SAMPLES], f"{N_SAMPLES} samples (Chamfer {cd:.4f})": samples}, extent)
-    viz.loss_png(os.path.join(args.out, "loss.png"), history.loss)
+    with fileio.atomic_path(os.path.join(args.out, "heart.png")) as path:
+        viz.points_png(path, {"training data": x[:N_SAMPLES], f"{N_SAMPLES} samples (Chamfer {cd:.4f})": samples},
+                       extent)
+    with fileio.atomic_path(os.path.join(args.out, "loss.png")) as path:
+        viz.loss_png(path, history.loss)
     t_png = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     shown = np.unique(np.linspace(0, args.T, GIF_FRAMES + 1).round().astype(int))  # t = 0 … T
     noise = np.random.default_rng(args.seed + 2).standard_normal((N_SAMPLES, 2))
     x0 = x[:N_SAMPLES]
-    forward = [(t, ddpm.q_sample(schedule, x0, np.full(N_SAMPLES, t), noise)) for t in shown]
+    forward = [(t, schedule.q_sample(x0, np.full(N_SAMPLES, t), noise)) for t in shown]
     picked = np.unique(np.linspace(0, len(ts) - 1, GIF_FRAMES + 1).round().astype(int))  # of the visited t = T … 0
     reverse = [(int(ts[k]), xs[k]) for k in picked]
-    viz.diffusion_gif(os.path.join(args.out, "heart.gif"), forward, reverse, args.T, extent)
+    with fileio.atomic_path(os.path.join(args.out, "heart.gif")) as path:
+        viz.diffusion_gif(path, forward, reverse, args.T, extent)
     t_gif = time.perf_counter() - t0
 
     total, cpu = time.perf_counter() - start, time.process_time() - cpu_start

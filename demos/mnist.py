@@ -31,16 +31,16 @@ import time
 
 import numpy as np
 
-from npdiff import backend, checkpoint, ddpm, idx, metrics, train, viz
+from npdiff import backend, checkpoint, ddpm, fileio, idx, metrics, sampling, threads, train, viz
 from npdiff.models import Denoiser
 from npdiff.optim import EMA, AdamW, cosine_lr
 from npdiff.schedules import Schedule
 
 # ~10 min on 2 busy CPU cores (6 min of CPU time); width 1024 learned far faster than 512 per step,
 # lr 2e-3 a little faster than 1e-3 (training loss after 600 steps 0.121 vs 0.146)
-DEFAULTS = dict(steps=5000, batch_size=128, lr=2e-3, T=1000, width=1024, blocks=3, emb=128, ema=0.999,
+DEFAULTS = dict(steps=5000, batch_size=128, lr=2e-3, T=1000, hidden=1024, n_blocks=3, emb_dim=128, ema=0.999,
                 n_train=None, n_test=1000, n_samples=256, seed=0)
-QUICK = dict(steps=40, batch_size=32, T=50, width=64, blocks=1, emb=16, ema=0.9, n_train=512, n_test=64,
+QUICK = dict(steps=40, batch_size=32, T=50, hidden=64, n_blocks=1, emb_dim=16, ema=0.9, n_train=512, n_test=64,
              n_samples=16)
 MNIST_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "npdiff", "mnist")
 GAUSSIAN_FIT = 10_000  # training images that estimate the baseline's covariance
@@ -56,11 +56,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true",
                    help=f"a tiny smoke run ({QUICK['n_train']} images, {QUICK['steps']} steps, a small model)")
     p.add_argument("--steps", type=int, help=f"training steps (default {DEFAULTS['steps']})")
-    p.add_argument("--batch-size", type=int, help=f"images per step (default {DEFAULTS['batch_size']})")
+    p.add_argument("--batch-size", "--batch", type=int, help=f"images per step (default {DEFAULTS['batch_size']})")
     p.add_argument("--lr", type=float, help=f"peak AdamW learning rate, cosine-decayed (default {DEFAULTS['lr']})")
     p.add_argument("--T", type=int, help=f"diffusion steps of the linear schedule (default {DEFAULTS['T']})")
-    p.add_argument("--width", type=int, help=f"hidden width of the MLP (default {DEFAULTS['width']})")
-    p.add_argument("--blocks", type=int, help=f"residual blocks (default {DEFAULTS['blocks']})")
+    p.add_argument("--hidden", "--width", type=int, help=f"hidden width of the MLP (default {DEFAULTS['hidden']})")
+    p.add_argument("--n-blocks", "--blocks", type=int, help=f"residual blocks (default {DEFAULTS['n_blocks']})")
+    p.add_argument("--emb-dim", "--emb", type=int, help=f"time-embedding size (default {DEFAULTS['emb_dim']})")
     p.add_argument("--n-train", type=int, help="use only this many training images (default all)")
     p.add_argument("--n-samples", type=int, help=f"images to sample (default {DEFAULTS['n_samples']})")
     p.add_argument("--seed", type=int, help="seed of every random draw (default 0)")
@@ -146,6 +147,7 @@ def image_grid_png(path: str, panels: dict, shape: tuple, grid: int = GRID) -> s
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    print(threads.apply_policy())  # one BLAS thread unless you set OPENBLAS_NUM_THREADS (docs/command-line.md)
     start = time.perf_counter()
     data_rng = np.random.default_rng(args.seed)
     train_images, test_images, root = load(args)
@@ -162,7 +164,7 @@ def main(argv=None) -> dict:
 
     schedule = Schedule(args.T, "linear", scale_to_T=args.T != 1000)  # Ho et al.'s 1e-4..0.02 at T = 1000
     print(schedule.summary(float(x.var(axis=0).mean())))
-    model = Denoiser(x.shape[1], hidden=args.width, n_blocks=args.blocks, emb_dim=args.emb, embed_coords=False,
+    model = Denoiser(x.shape[1], hidden=args.hidden, n_blocks=args.n_blocks, emb_dim=args.emb_dim, embed_coords=False,
                      layernorm=True, final_layernorm=True, seed=args.seed)
     optimizer = AdamW(model, lr=args.lr)
     ema = EMA(model, args.ema) if args.ema > 0 else None
@@ -172,7 +174,7 @@ def main(argv=None) -> dict:
                         clip=1.0, ema=ema)
     t_train = history.seconds
     print(f"trained {args.steps} steps of batch {args.batch_size} in {t_train:.2f} s "
-          f"({x.shape[1]}-{args.width}×{args.blocks}-{x.shape[1]} MLP, {sum(int(p.size) for p in model.parameters().values())} "
+          f"({x.shape[1]}-{args.hidden}×{args.n_blocks}-{x.shape[1]} MLP, {sum(int(p.size) for p in model.parameters().values())} "
           f"parameters), final loss {np.mean(history.loss[-100:]):.4f}")
     checkpoint.save(os.path.join(args.out, "checkpoint.npz"), model, optimizer=optimizer, ema=ema,
                     step=args.steps, schedule=schedule, meta={"demo": "mnist", "args": vars(args)})
@@ -180,10 +182,10 @@ def main(argv=None) -> dict:
     t0 = time.perf_counter()
     if ema is not None:
         ema.swap()  # sample from the averaged weights
-    samples = ddpm.sample(model, schedule, args.n_samples, rng, sampler="ancestral", clip_x0=(-1.0, 1.0))
+    samples = sampling.sample(ddpm.EpsilonChain(model, schedule, clip_x0=(-1.0, 1.0)), args.n_samples, rng)
     samples = backend.to_numpy(samples).astype(np.float32)  # (N, D)
     t_sample = time.perf_counter() - t0
-    np.save(os.path.join(args.out, "samples.npy"), samples)
+    fileio.save_array(os.path.join(args.out, "samples.npy"), samples)  # every output is written atomically
 
     t0 = time.perf_counter()
     n = min(args.n_samples, x_test.shape[0])
@@ -208,11 +210,13 @@ def main(argv=None) -> dict:
 
     shown = min(GRID * GRID, samples.shape[0])
     nearest = x[nearest_index(samples[:shown], x)]
-    png = image_grid_png(os.path.join(args.out, "samples.png"),
-                         {f"real test images (NN dist {figure['test images']:.2f})": x_test[:shown],
-                          f"DDPM samples (NN dist {figure['DDPM samples']:.2f})": samples[:shown],
-                          "nearest training image of each sample": nearest}, shape)
-    viz.loss_png(os.path.join(args.out, "loss.png"), history.loss)
+    png = os.path.join(args.out, "samples.png")
+    with fileio.atomic_path(png) as path:
+        image_grid_png(path, {f"real test images (NN dist {figure['test images']:.2f})": x_test[:shown],
+                              f"DDPM samples (NN dist {figure['DDPM samples']:.2f})": samples[:shown],
+                              "nearest training image of each sample": nearest}, shape)
+    with fileio.atomic_path(os.path.join(args.out, "loss.png")) as path:
+        viz.loss_png(path, history.loss)
 
     total = time.perf_counter() - start
     print(f"time: training {t_train:.2f} s, sampling {t_sample:.2f} s, quality figure {t_metric:.1f} s, "

@@ -189,51 +189,87 @@ def _is_number(field: str) -> bool:
     return True
 
 
+NPY_MAGIC = b"\x93NUMPY"
+ZIP_MAGIC = b"PK\x03\x04"
+
+
+def _read_npy(path: str) -> np.ndarray:
+    """The array of a .npy file; ValueError (naming the file) for anything that is not a plain .npy."""
+    with open(path, "rb") as f:
+        magic = f.read(len(NPY_MAGIC))
+    if magic != NPY_MAGIC:
+        if magic.startswith(ZIP_MAGIC):
+            raise ValueError(f"{path!r} is an .npz archive (numpy.savez), not a single .npy array; "
+                             "save the points with numpy.save")
+        raise ValueError(f"{path!r} is not a .npy file (it does not start with NumPy's header); "
+                         "save the points with numpy.save, or use a .csv file")
+    try:
+        return np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        if "pickle" in str(exc):  # object arrays need pickles, which are never loaded
+            raise ValueError(f"{path!r} holds Python objects (dtype=object), which npdiff never unpickles; "
+                             "save a numeric array") from None
+        raise ValueError(f"{path!r} is a damaged or truncated .npy file: {exc}") from None
+    except Exception as exc:  # an untrusted header or body: EOFError, struct and allocation errors, …
+        raise ValueError(f"{path!r} is a damaged or truncated .npy file: {type(exc).__name__}: {exc}") from None
+
+
+def _read_csv(path: str) -> np.ndarray:
+    """Comma-separated numbers, one point per line; a first line that is not all numbers is a header."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = [line for line in f if line.strip()]
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path!r} is not a UTF-8 text file (an undecodable byte at offset {exc.start}); "
+                         "a .csv must hold comma-separated numbers") from None
+    if lines and not all(_is_number(field) for field in lines[0].split(",")):
+        lines = lines[1:]  # a header line
+    if not lines:
+        raise ValueError(f"{path!r} holds no points")
+    try:
+        return np.loadtxt(lines, delimiter=",", ndmin=2, dtype=np.float64)
+    except ValueError as exc:
+        raise ValueError(f"{path!r} is not a comma-separated table of numbers: {' '.join(str(exc).split())}") from None
+
+
 def load_points(path: str | os.PathLike) -> np.ndarray:
     """Load a user's low-dimensional points from `.npy` or `.csv` as float64 (N, D).
 
-    `.npy` must hold a 2-D numeric array (no pickles). `.csv` is comma-separated with one point per
-    line; a first line that is not all numbers is taken as a header and skipped; a single column
-    gives D = 1. Raises FileNotFoundError for a missing file and ValueError for another extension,
-    data that is not 2-D or is empty, or non-finite values (NaN, ±inf).
+    `.npy` must hold a 2-D array of real numbers (integers, floats or booleans; no pickles, no complex
+    numbers). `.csv` is UTF-8, comma-separated, one point per line; a first line that is not all numbers
+    is taken as a header and skipped; a single column gives D = 1. Raises FileNotFoundError for a missing
+    file and ValueError, naming the file, for anything else that cannot give points: another extension,
+    a folder, bytes that are not a .npy or not UTF-8 text, data that is not 2-D or is empty, complex or
+    non-numeric values, non-finite values (NaN, ±inf, or too large for float64). OSError if the file
+    cannot be read (permissions, I/O).
     """
     path = os.fspath(path)
     ext = os.path.splitext(path)[1].lower()
     if ext not in (".npy", ".csv"):
         raise ValueError(f"cannot load {path!r}: expected a .npy or .csv file, got extension {ext!r}")
+    if os.path.isdir(path):
+        raise ValueError(f"{path!r} is a folder, not a data file")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no such data file: {path!r}")
-    if ext == ".npy":
-        try:
-            x = np.load(path, allow_pickle=False)
-        except ValueError as exc:  # object arrays need pickles, which are never loaded
-            raise ValueError(f"{path!r} does not hold a plain numeric array: {exc}") from exc
-        if x.ndim != 2:
-            raise ValueError(
-                f"{path!r} holds an array of shape {x.shape}; expected 2-D points (N, D) "
-                "(reshape 1-D data with x.reshape(-1, 1))"
-            )
-    else:
-        with open(path, encoding="utf-8") as f:
-            lines = [line for line in f if line.strip()]
-        if lines and not all(_is_number(field) for field in lines[0].split(",")):
-            lines = lines[1:]  # a header line
-        if not lines:
-            raise ValueError(f"{path!r} holds no points")
-        try:
-            x = np.loadtxt(lines, delimiter=",", ndmin=2, dtype=np.float64)
-        except ValueError as exc:
-            raise ValueError(f"{path!r} is not a comma-separated table of numbers: {exc}") from exc
-    try:
-        x = x.astype(np.float64)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{path!r} does not hold numbers (dtype {x.dtype})") from exc
+    x = _read_npy(path) if ext == ".npy" else _read_csv(path)
+    if x.dtype.kind == "c":
+        raise ValueError(f"{path!r} holds complex numbers; store the real and imaginary parts as separate columns")
+    if x.dtype.kind not in "biuf":
+        raise ValueError(f"{path!r} does not hold numbers (dtype {x.dtype})")
+    if x.ndim != 2:
+        raise ValueError(
+            f"{path!r} holds an array of shape {x.shape}; expected 2-D points (N, D) "
+            "(reshape 1-D data with x.reshape(-1, 1))"
+        )
     if x.shape[0] < 1 or x.shape[1] < 1:
         raise ValueError(f"{path!r} holds no points (shape {x.shape})")
+    with np.errstate(over="ignore"):  # a float128 beyond float64's range becomes inf, refused below
+        x = x.astype(np.float64)
     bad = ~np.isfinite(x)
     if bad.any():
         row, col = np.argwhere(bad)[0]
         raise ValueError(
-            f"{path!r} has {int(bad.sum())} non-finite value(s) (NaN or inf), first at row {row}, column {col}"
+            f"{path!r} has {int(bad.sum())} non-finite value(s) (NaN, inf, or beyond float64's range), "
+            f"first at row {row}, column {col}"
         )
     return x

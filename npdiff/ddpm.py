@@ -1,58 +1,66 @@
-"""DDPM (Ho et al. 2020): the forward process, the ε-prediction objective, the ancestral and DDIM samplers.
+"""DDPM (Ho et al. 2020): the denoising objective and the reverse process of a model parameterised through ε.
 
-Shape glossary: N batch, D data dims, T diffusion steps, K recorded states of a sampling chain.
-Every schedule array is indexed by the paper's t (``npdiff.schedules``); the schedule also owns which
-timesteps exist: training draws t ∈ {1..T} (``Schedule.sample_t``), sampling runs t = T..1
-(``Schedule.reverse_t``) and adds no noise at the last step.
+Shape glossary: N batch, D data dims, T diffusion steps. The forward process (q_sample, the posterior,
+x̂_0, the timesteps) belongs to ``npdiff.schedules.Schedule``; sampling to ``npdiff.sampling``.
 
-    q_sample:  x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε,  ε ~ N(0, I)                          (DDPM Eq. 4)
-    L_simple = mean_{n,d} (ε_θ(x_t, t) − ε)²,  so  dL/dε_θ = 2(ε_θ − ε)/(N·D)       (DDPM Eq. 14)
-    x̂_0 = x_t/√ᾱ_t − √(1/ᾱ_t − 1) ε_θ                                            (Eq. 4 solved for x_0)
-    ancestral: x_{t−1} = (x_t − β_t/√(1−ᾱ_t) ε_θ)/√α_t + σ_t z                    (DDPM Eq. 11, Alg. 2)
-        = c1_t x̂_0 + c2_t x_t + σ_t z  (posterior mean, Eq. 7), σ_t² = β̃_t or β_t, z = 0 at t = 1
-    DDIM, t → s < t:  x_s = √ᾱ_s x̂_0 + √(1 − ᾱ_s − σ²) ε_θ + σ z,
-        σ = η √((1−ᾱ_s)/(1−ᾱ_t)) √(1 − ᾱ_t/ᾱ_s)                        (Song et al. 2021, Eqs. 12, 16)
+    L_simple = mean_{n,d} (ε_θ(x_t, t) − ε)²,  x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε         (DDPM Eq. 14)
+        dL/dε_θ = 2(ε_θ − ε)/(N·D)
+    the network may predict ε, x_0, or v = √ᾱ_t ε − √(1−ᾱ_t) x_0 (Salimans & Ho 2022) instead; the loss is
+    then mean_{n,d} w_t (f_θ − target)², and ε_θ is derived from f_θ by the schedule's conversions.
+    min-SNR-γ weighting (Hang et al. 2023, Eq. 8): the x_0-error weight min(SNR_t, γ), i.e.
+        w_t = min(SNR_t, γ)/SNR_t for ε,  min(SNR_t, γ) for x_0,  min(SNR_t, γ)/(SNR_t + 1) for v
+    reverse kernel p(x_{t−1}|x_t) = N(μ_θ, σ_t² I),
+        μ_θ = (x_t − β_t/√(1−ᾱ_t) ε_θ)/√α_t                                         (DDPM Eq. 11)
+        σ_t² = β̃_t ("fixed_small"), β_t ("fixed_large"), or learned in the range between them:
+        log σ_θ² = v log β_t + (1 − v) log β̃_t,  v = (o + 1)/2                  (Nichol & Dhariwal 2021, Eq. 15)
+    with x̂_0 clipped to (lo, hi) (``clip_x0``): μ_θ = μ̃_t(clip(x̂_0), x_t) and ε_θ replaced by the ε
+    consistent with the clipped x̂_0 (improved-diffusion's sampler).
 
-Error gain. An error δ in ε_θ moves x_{t−1} by g_t·δ with g_t = β_t/(√α_t √(1−ᾱ_t)) (ancestral).
-The cosine schedule caps β_T at 0.999, so g_T = 31.6: a plain ancestral (or DDIM) step at t = T turns a
-network error of 0.1 into 3 units of data. The samplers therefore refuse to run unclipped when the
-largest gain of their chain exceeds ``max_gain`` (default 10): pass ``clip_x0=(lo, hi)`` (the data
-range) to predict x̂_0, clip it explicitly and step from the clipped x̂_0 — the step's error then stays
-below c1_t·(hi − lo) — or ``max_gain=None`` to run the plain formula anyway.
+The names: ``noise`` is the true ε drawn by the forward process; ``eps_theta`` is the network's prediction.
 """
 
 from __future__ import annotations
 
-import math
-
-import numpy as np
-
 from npdiff import backend
+from npdiff.schedules import Schedule
 
-VARIANCES = ("fixed_small", "fixed_large")
-
-
-def q_sample(schedule, x0, t, noise):
-    """x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε.  x0, noise (N, D); t (N,) integers in 0..T.  -> (N, D)"""
-    return schedule.at("sqrt_alpha_bar", t, x0) * x0 + schedule.at("sqrt_one_minus_alpha_bar", t, x0) * noise
+VARIANCES = ("fixed_small", "fixed_large", "learned_range")
+PREDICTIONS = ("eps", "x0", "v")  # what the network outputs
 
 
-def epsilon_loss(eps_pred, eps):
+def check_prediction(prediction: str) -> str:
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"unknown prediction {prediction!r}; choose one of {', '.join(PREDICTIONS)}")
+    return prediction
+
+
+def prediction_target(schedule: Schedule, prediction: str, x0, t, noise):
+    """What the network should output for x_t = q_sample(x0, t, noise): ε, x_0 or v.  -> (N, D)"""
+    if prediction == "eps":
+        return noise
+    return x0 if prediction == "x0" else schedule.v_target(x0, t, noise)
+
+
+def min_snr_weight(schedule: Schedule, prediction: str, t, gamma: float, like):
+    """w_t of min-SNR-γ (module docstring) for each row, shaped (N, 1) to broadcast against ``like``."""
+    snr = schedule.at("snr", t, like)  # (N, 1)
+    clipped = backend.xp.minimum(snr, gamma)
+    return clipped / {"eps": snr, "x0": 1.0, "v": snr + 1.0}[prediction]
+
+
+def epsilon_loss(eps_theta, noise):
     """L = mean (ε_θ − ε)² over all N·D entries, and dL/dε_θ = 2(ε_θ − ε)/(N·D).  -> (float, (N, D))"""
-    diff = eps_pred - eps  # (N, D)
+    diff = eps_theta - noise  # (N, D)
     loss = float((diff * diff).mean())
     return loss, diff * (2.0 / diff.size)
 
 
-def predict_x0(schedule, xt, t, eps):
-    """x̂_0 = x_t/√ᾱ_t − √(1/ᾱ_t − 1) ε.  t: int or (N,) integers.  -> (N, D)"""
-    return schedule.at("sqrt_recip_alpha_bar", t, xt) * xt - schedule.at("sqrt_recipm1_alpha_bar", t, xt) * eps
-
-
-def draw_inputs(schedule, model, x0, rng, t=None, noise=None, first: int = 1):
+def draw_inputs(schedule: Schedule, model, x0, rng, t=None, noise=None, first: int = 1):
     """A training batch's inputs: x0 on the backend in the model's dtype, t ~ U{first..T} and ε ~ N(0, I)
     drawn with ``rng`` unless given (given t and noise make a loss deterministic, for gradient checks).
     -> (x0 (N, D), t (N,), noise (N, D))"""
+    if rng is None and (t is None or noise is None):
+        raise ValueError("pass rng (a random generator) to draw t and the noise, or give both t= and noise=")
     x0 = backend.asarray(x0, dtype=getattr(model, "dtype", None))
     if t is None:
         t = schedule.sample_t(x0.shape[0], rng, first)
@@ -61,176 +69,152 @@ def draw_inputs(schedule, model, x0, rng, t=None, noise=None, first: int = 1):
     return x0, backend.asarray(t), backend.asarray(noise, dtype=x0.dtype)
 
 
+def check_out_dim(model, factor: int, what: str) -> None:
+    """Refuse a model whose output width is not ``factor``·D (D = its data dimension)."""
+    config = getattr(model, "config", None)
+    if config is not None and config["out_dim"] != factor * config["data_dim"]:
+        widths = "D outputs (ε_θ)" if factor == 1 else f"{factor}·D outputs"
+        raise ValueError(f"{what} needs a model with {widths}; this one has {config['out_dim']} outputs "
+                         f"for D = {config['data_dim']}")
+
+
 class EpsilonObjective:
-    """DDPM's L_simple for a model f(x_t, t) -> ε_θ of shape (N, D); the object ``train.fit`` drives.
+    """DDPM's L_simple for a model f(x_t, t) of shape (N, D); the object ``train.fit`` drives.
 
     ``loss_and_backward(model, x0, rng)`` draws t ∈ {1..T} and ε ~ N(0, I) (or takes them given, for
     deterministic gradient checks), runs the forward pass, and ADDS dL/dθ into the model's ``grads``
     through ``model.backward`` (the caller zeroes them). Returns the scalar loss.
+    prediction: what f predicts, "eps" (DDPM), "x0" or "v"; min_snr_gamma: None (uniform weights, L_simple)
+    or γ of the min-SNR-γ weighting (Hang et al. use 5).
     """
 
-    def __init__(self, schedule) -> None:
-        self.schedule = schedule
-        self.config = {"objective": "epsilon", "schedule": dict(schedule.config)}
+    out_factor = 1  # the model predicts one target: D outputs
+
+    def __init__(self, schedule: Schedule, prediction: str = "eps", min_snr_gamma: float | None = None) -> None:
+        if min_snr_gamma is not None and not min_snr_gamma > 0:
+            raise ValueError(f"min_snr_gamma must be > 0 (or None for uniform weights), got {min_snr_gamma!r}")
+        self.schedule, self.prediction, self.min_snr_gamma = schedule, check_prediction(prediction), min_snr_gamma
+        self.config = {"objective": "epsilon", "prediction": prediction, "min_snr_gamma": min_snr_gamma,
+                       "schedule": dict(schedule.config)}
+
+    def _loss(self, f_theta, x0, t, noise):
+        """(loss, dL/df_θ): the mean of w_t (f_θ − target)² over N·D entries (w_t = 1 without min-SNR)."""
+        target = prediction_target(self.schedule, self.prediction, x0, t, noise)
+        if self.min_snr_gamma is None:
+            return epsilon_loss(f_theta, target)
+        weight = min_snr_weight(self.schedule, self.prediction, t, self.min_snr_gamma, f_theta)  # (N, 1)
+        diff = f_theta - target  # (N, D)
+        return float((weight * diff * diff).mean()), weight * diff * (2.0 / diff.size)
+
+    def check_model(self, model) -> None:
+        check_out_dim(model, self.out_factor, "the ε objective")
 
     def loss(self, model, x0, rng=None, *, t=None, noise=None) -> float:
         """The loss alone (a forward pass, no gradient)."""
+        self.check_model(model)
         x0, t, noise = draw_inputs(self.schedule, model, x0, rng, t, noise)
-        return epsilon_loss(model.forward(q_sample(self.schedule, x0, t, noise), t), noise)[0]
+        return self._loss(model.forward(self.schedule.q_sample(x0, t, noise), t), x0, t, noise)[0]
 
     def loss_and_backward(self, model, x0, rng=None, *, t=None, noise=None) -> float:
         """Forward, L_simple, and model.backward(dL/dε_θ).  x0 (N, D); t (N,) and noise (N, D) optional."""
+        self.check_model(model)
         x0, t, noise = draw_inputs(self.schedule, model, x0, rng, t, noise)
-        xt = q_sample(self.schedule, x0, t, noise)  # (N, D)
-        loss, d_eps = epsilon_loss(model.forward(xt, t), noise)
-        model.backward(d_eps, input_grad=False)  # training needs only dL/dθ
+        x_t = self.schedule.q_sample(x0, t, noise)  # (N, D)
+        loss, d_f_theta = self._loss(model.forward(x_t, t), x0, t, noise)
+        model.backward(d_f_theta, input_grad=False)  # training needs only dL/dθ
         return loss
 
 
-class GaussianEpsilon:
-    """The exact ε-predictor for data x_0 ~ N(m, S): E[ε | x_t] = √(1−ᾱ_t) Σ_t⁻¹ (x_t − √ᾱ_t m).
+def learned_range_log_var(schedule: Schedule, o, t):
+    """(log σ_θ² (N, D), cache) from the variance half o (N, D): v log β_t + (1 − v) log β̃_t, v = (o + 1)/2.
 
-    Σ_t = ᾱ_t S + (1−ᾱ_t) I is the covariance of q(x_t). An oracle with the model interface
-    ``forward(x_t, t)`` for testing samplers: with it they must reproduce N(m, S).
+    log β̃_t is ``posterior_log_var_clipped`` (β̃_1 = 0, so t = 1 uses log β̃_2), as in improved-diffusion.
+    """
+    log_max = backend.xp.log(schedule.at("betas", t, o))  # log β_t      (N, 1)
+    log_min = schedule.at("posterior_log_var_clipped", t, o)  # log β̃_t  (N, 1)
+    v = 0.5 * (o + 1.0)
+    cache = 0.5 * (log_max - log_min)  # d log σ²/do = ½(log β_t − log β̃_t)
+    return v * log_max + (1.0 - v) * log_min, cache
+
+
+def learned_range_log_var_backward(cache, dlog_var):
+    """dL/do (N, D) from dL/dlog σ_θ² (N, D)."""
+    return dlog_var * cache
+
+
+class EpsilonChain:
+    """The reverse process of a model parameterised through ε: ``kernel(x_t, t)`` with μ_θ from ε_θ and a named
+    variance. prediction: what the model outputs, "eps" (ε_θ itself), "x0" or "v" (ε_θ derived from it).
+
+    variance: "fixed_small" σ_t² = β̃_t (t = 1 uses β̃_2, β̃_1 being 0), "fixed_large" σ_t² = β_t, or
+    "learned_range" (a model with 2·D outputs, Nichol & Dhariwal). A fixed variance also works on a
+    learned-range model (its variance half is ignored), which separates the mean's and the variance's
+    share of the bound. clip_x0: None, or (lo, hi) to clip x̂_0 to the data's range before the mean is
+    formed. max_gain: the sampler refuses an unclipped chain whose steps amplify ε_θ's error more than
+    this (``npdiff.sampling``); None turns the check off.
     """
 
-    def __init__(self, schedule, mean, cov) -> None:
-        self.schedule = schedule
-        self.mean = np.asarray(mean, dtype=np.float64)  # (D,)
-        self.cov = np.asarray(cov, dtype=np.float64)  # (D, D)
+    predicts_eps = True  # DDIM can step this chain, and its error gain is checked before sampling
 
-    def forward(self, x_t, t):
-        steps, index = np.unique(backend.to_numpy(t), return_inverse=True)  # samplers pass one t for all rows
-        a = self.schedule.alpha_bar[steps][:, None, None]  # (U, 1, 1)
-        cov_t = a * self.cov + (1 - a) * np.eye(self.mean.size)  # Σ_t (U, D, D)
-        gain = backend.asarray((np.sqrt(1 - a) * np.linalg.inv(cov_t))[index], dtype=x_t.dtype)  # (N, D, D)
-        centred = x_t - backend.asarray(np.sqrt(a[:, :, 0]) * self.mean, dtype=x_t.dtype)[index]  # (N, D)
-        return backend.xp.einsum("nij,nj->ni", gain, centred)
+    def __init__(self, model, schedule: Schedule, variance: str = "fixed_small", *, clip_x0=None,
+                 max_gain: float | None = 10.0, prediction: str = "eps") -> None:
+        if variance not in VARIANCES:
+            raise ValueError(f"unknown variance {variance!r}; choose one of {', '.join(VARIANCES)}")
+        config = getattr(model, "config", None)  # oracles (npdiff.oracles.GaussianEpsilon) have none
+        if config is not None:
+            if variance == "learned_range":
+                check_out_dim(model, 2, "the learned-range variance")
+            elif config["out_dim"] not in (config["data_dim"], 2 * config["data_dim"]):
+                check_out_dim(model, 1, f"variance {variance!r}")
+        if clip_x0 is not None:
+            lo, hi = (float(v) for v in clip_x0)
+            if not lo < hi:
+                raise ValueError(f"clip_x0 must be a range (lo, hi) with lo < hi, got {clip_x0!r}")
+            clip_x0 = (lo, hi)
+        self.model, self.schedule, self.variance = model, schedule, variance
+        self.clip_x0, self.max_gain, self.prediction = clip_x0, max_gain, check_prediction(prediction)
+        self.data_dim = int(config["data_dim"]) if config is not None else int(model.data_dim)
+        self.dtype = getattr(model, "dtype", None) or backend.xp.dtype("float64")
 
+    def _forward(self, x_t, t):
+        """The network's output split into f_θ (N, D) and the variance half (N, D) or None."""
+        out = self.model.forward(x_t, t)
+        d = self.data_dim
+        return out[:, :d], (out[:, d:] if out.shape[1] == 2 * d else None)
 
-def ancestral_gain(schedule, t: int) -> float:
-    """g_t = β_t/(√α_t √(1−ᾱ_t)): how much the ancestral step at t amplifies an error of ε_θ."""
-    return float(schedule.betas[t] / (math.sqrt(schedule.alphas[t]) * schedule.sqrt_one_minus_alpha_bar[t]))
+    def _x0_and_eps(self, x_t, t, f_theta):
+        """(x̂_0, ε_θ) from the network's prediction f_θ, each (N, D), unclipped."""
+        schedule = self.schedule
+        if self.prediction == "eps":
+            return schedule.predict_x0(x_t, t, f_theta), f_theta
+        if self.prediction == "x0":
+            return f_theta, schedule.eps_from_x0(x_t, t, f_theta)
+        return schedule.x0_from_v(x_t, t, f_theta), schedule.eps_from_v(x_t, t, f_theta)
 
+    def predict(self, x_t, t):
+        """(x̂_0, ε_θ), each (N, D); with ``clip_x0``, x̂_0 is clipped and ε_θ made consistent with it."""
+        x_t = x_t.astype(self.dtype, copy=False)
+        x0_hat, eps_theta = self._x0_and_eps(x_t, t, self._forward(x_t, t)[0])
+        if self.clip_x0 is not None:
+            x0_hat = backend.xp.clip(x0_hat, *self.clip_x0)
+            eps_theta = self.schedule.eps_from_x0(x_t, t, x0_hat)
+        return x0_hat, eps_theta
 
-def ddim_gain(schedule, t: int, s: int, eta: float = 0.0) -> float:
-    """|√(1−ᾱ_s−σ²) − √ᾱ_s √(1/ᾱ_t − 1)|: how much the DDIM step t → s amplifies an error of ε_θ."""
-    ab_t, ab_s = schedule.alpha_bar[t], schedule.alpha_bar[s]
-    sigma = _ddim_sigma(ab_t, ab_s, eta)
-    return abs(_ddim_eps_coef(ab_s, sigma) - math.sqrt(ab_s) * schedule.sqrt_recipm1_alpha_bar[t])
-
-
-def _ddim_sigma(ab_t: float, ab_s: float, eta: float) -> float:
-    return eta * math.sqrt((1 - ab_s) / (1 - ab_t) * (1 - ab_t / ab_s))
-
-
-def _ddim_eps_coef(ab_s: float, sigma: float) -> float:
-    """√(1 − ᾱ_s − σ²); ≥ 0 for η ≤ 1 (exactly 0 at s = 0), so max(·, 0) only absorbs rounding."""
-    return math.sqrt(max(1 - ab_s - sigma * sigma, 0.0))
-
-
-def _check_gain(gains: dict, clip_x0, max_gain, schedule) -> None:
-    if clip_x0 is not None or max_gain is None:
-        return
-    t, g = max(gains.items(), key=lambda kv: kv[1])
-    if g > max_gain:
-        raise ValueError(
-            f"{schedule!r}: the sampling step at t={t} multiplies the error of eps_theta by {g:.1f} "
-            f"(beta_t={schedule.betas[t]:.4g}, max_gain={max_gain}); pass clip_x0=(lo, hi), the data range, "
-            "to predict x0 and clip it, or max_gain=None to run the unclipped formula"
-        )
-
-
-def _start(model, n, rng, x_T, dtype):
-    dtype = getattr(model, "dtype", dtype)  # the model's own dtype when it has one
-    if x_T is None:
-        x_T = rng.standard_normal((int(n), model_dim(model)), dtype=dtype)
-    return backend.asarray(x_T, dtype=dtype)
-
-
-def model_dim(model) -> int:
-    """The data dimension D of a model (``config["data_dim"]``, or ``mean.size`` for an oracle)."""
-    config = getattr(model, "config", None)
-    return int(config["data_dim"]) if config else int(model.mean.size)
-
-
-def _clip(x0_hat, clip_x0):
-    return backend.xp.clip(x0_hat, clip_x0[0], clip_x0[1]) if clip_x0 is not None else x0_hat
-
-
-def _record(x, t, xs) -> None:
-    """After the step to t − 1: stop on non-finite values; keep a host copy of x when recording."""
-    if not bool(backend.xp.isfinite(x).all()):
-        raise FloatingPointError(f"sampling produced non-finite values at t={t}")
-    if xs is not None:
-        xs.append(backend.to_numpy(x).copy())
-
-
-def ancestral_sample(model, schedule, n: int, rng, *, variance: str = "fixed_small", clip_x0=None,
-                     max_gain: float | None = 10.0, x_T=None, record: bool = False, dtype="float32"):
-    """DDPM Algorithm 2: x_T ~ N(0, I), then x_{t−1} from x_t for t = T..1 (no noise at t = 1).
-
-    variance: "fixed_small" σ_t² = β̃_t, or "fixed_large" σ_t² = β_t. clip_x0: None, or (lo, hi) to
-    step from x̂_0 clipped to that range. x_T: a given start (N, D) instead of a draw. Returns x_0
-    (N, D) on the backend; with ``record=True`` returns (x_0, ts, xs): ts (K,) = T..0 and xs (K, N, D),
-    host arrays with xs[k] the state at ts[k].
-    """
-    if variance not in VARIANCES:
-        raise ValueError(f"unknown variance {variance!r}; choose one of {', '.join(VARIANCES)}")
-    ts = schedule.reverse_t()
-    _check_gain({t: ancestral_gain(schedule, t) for t in ts}, clip_x0, max_gain, schedule)
-    var = schedule.posterior_var if variance == "fixed_small" else schedule.betas
-    x = _start(model, n, rng, x_T, dtype)
-    xs = [backend.to_numpy(x).copy()] if record else None
-    for t in ts:
-        tt = backend.xp.full(x.shape[0], t, dtype=np.int64)
-        eps = model.forward(x, tt)  # (N, D)
-        if clip_x0 is None:
-            coef = float(schedule.betas[t] / schedule.sqrt_one_minus_alpha_bar[t])  # β_t/√(1−ᾱ_t)
-            x = (x - coef * eps) / math.sqrt(schedule.alphas[t])
+    def kernel(self, x_t, t):
+        """(mean, log_var), each (N, D), of p(x_{t−1}|x_t) = N(μ_θ, σ_t²).  x_t (N, D), t (N,)."""
+        x_t = x_t.astype(self.dtype, copy=False)
+        f_theta, o = self._forward(x_t, t)
+        if self.clip_x0 is None and self.prediction == "eps":
+            mean = self.schedule.posterior_mean_from_eps(x_t, t, f_theta)
+        else:  # μ̃_t(x̂_0, x_t), x̂_0 clipped when asked
+            x0_hat = self._x0_and_eps(x_t, t, f_theta)[0]
+            if self.clip_x0 is not None:
+                x0_hat = backend.xp.clip(x0_hat, *self.clip_x0)
+            mean = self.schedule.q_posterior(x0_hat, x_t, t)[0]
+        if self.variance == "learned_range":
+            log_var = learned_range_log_var(self.schedule, o, t)[0]
+        elif self.variance == "fixed_small":
+            log_var = self.schedule.at("posterior_log_var_clipped", t, x_t)
         else:
-            x0_hat = _clip(predict_x0(schedule, x, t, eps), clip_x0)
-            x = float(schedule.posterior_mean_coef1[t]) * x0_hat + float(schedule.posterior_mean_coef2[t]) * x
-        if t > 1:
-            x = x + math.sqrt(var[t]) * rng.standard_normal(x.shape, dtype=x.dtype)
-        _record(x, t, xs)
-    return (x, np.array(ts + [0]), np.stack(xs)) if record else x
-
-
-def ddim_sample(model, schedule, n: int, rng, *, n_steps: int | None = None, eta: float = 0.0, clip_x0=None,
-                max_gain: float | None = 10.0, x_T=None, record: bool = False, dtype="float32"):
-    """DDIM (Song et al. 2021) over ``n_steps`` timesteps from T to 1 (then to 0); η = 0 is deterministic.
-
-    η = 1 with all T steps is the ancestral sampler with σ_t² = β̃_t. Other arguments and the return
-    value as in ``ancestral_sample`` (ts runs over the visited timesteps, ending at 0).
-    """
-    if not 0 <= eta <= 1:
-        raise ValueError(f"eta must lie in [0, 1], got {eta}")
-    ts = schedule.reverse_t(n_steps)
-    pairs = list(zip(ts, ts[1:] + [0]))  # (t, s): step from x_t to x_s
-    _check_gain({t: ddim_gain(schedule, t, s, eta) for t, s in pairs}, clip_x0, max_gain, schedule)
-    x = _start(model, n, rng, x_T, dtype)
-    xs = [backend.to_numpy(x).copy()] if record else None
-    for t, s in pairs:
-        ab_s = float(schedule.alpha_bar[s])
-        tt = backend.xp.full(x.shape[0], t, dtype=np.int64)
-        eps = model.forward(x, tt)  # (N, D)
-        x0_hat = _clip(predict_x0(schedule, x, t, eps), clip_x0)
-        if clip_x0 is not None:  # keep ε consistent with the clipped x̂_0 (improved-diffusion's DDIM)
-            eps = (x - float(schedule.sqrt_alpha_bar[t]) * x0_hat) / float(schedule.sqrt_one_minus_alpha_bar[t])
-        sigma = _ddim_sigma(float(schedule.alpha_bar[t]), ab_s, eta)
-        x = math.sqrt(ab_s) * x0_hat + _ddim_eps_coef(ab_s, sigma) * eps
-        if sigma > 0:
-            x = x + sigma * rng.standard_normal(x.shape, dtype=x.dtype)
-        _record(x, t, xs)
-    return (x, np.array(ts + [0]), np.stack(xs)) if record else x
-
-
-SAMPLERS = {"ancestral": ancestral_sample, "ddim": ddim_sample}
-
-
-def sample(model, schedule, n: int, rng, *, sampler: str = "ancestral", **kwargs):
-    """Dispatch to ``ancestral_sample`` or ``ddim_sample`` by name; ``kwargs`` go to that sampler."""
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
-    return SAMPLERS[sampler](model, schedule, n, rng, **kwargs)
+            log_var = backend.xp.log(self.schedule.at("betas", t, x_t))
+        return mean, backend.xp.broadcast_to(log_var, mean.shape)

@@ -8,7 +8,8 @@ For a scalar s and scale c (Vaswani et al. 2017, as used by Ho et al. 2020 and t
     emb(s) = [sin(c·s·ω_0), …, sin(c·s·ω_{F−1}), cos(c·s·ω_0), …, cos(c·s·ω_{F−1})]
 
 The seed tutorial's heart model uses c = 25 for coordinates (so a 2-D point on a scale of a few units
-gets high-frequency features) and c = 1 for the integer timestep.
+gets high-frequency features) and c = 1 for the integer timestep. The embedding of an integer timestep
+is a constant, so ``TimestepEmbedding`` computes the rows emb(0), …, emb(t_max) once and looks them up.
 """
 
 from __future__ import annotations
@@ -64,9 +65,44 @@ class SinusoidalEmbedding(Module):
         return out
 
     def backward(self, dy):
-        s, c = self._cached()
+        s, c = self.take_cache()
         n, d, f = s.shape
         dy = dy.reshape(n, d, 2, f)  # [dL/dsin | dL/dcos] per coordinate
         # dL/dx = Σ_k cω_k (dL/dsin_k · cos_k − dL/dcos_k · sin_k)
         return ((dy[:, :, 0] * c - dy[:, :, 1] * s) @ self.omega[:, None])[:, :, 0]  # (N, D)
 
+
+
+class TimestepEmbedding(Module):
+    """emb(t) of integer timesteps t ≥ 0, looked up in a table of constants.  t (N,) -> y (N, E).
+
+    The rows of ``table`` are emb(0), emb(1), …, emb(t_max), computed by ``SinusoidalEmbedding`` (so the
+    numbers are the same to the last bit); the table grows when a larger t arrives. A lookup is one
+    gather, where embedding each row costs a sine and a cosine per feature. t gets no gradient, so this
+    layer has no backward.
+    """
+
+    def __init__(self, size: int, scale: float = 1.0, dtype="float32") -> None:
+        super().__init__()
+        self.sinusoidal = SinusoidalEmbedding(size, scale, dtype)
+        self.table = None  # (t_max + 1, E): row k is emb(k)
+        self.table_backend = None  # the backend the table lives on (``backend.set_backend`` may switch)
+
+    def forward(self, t, out=None):
+        """out: an optional (N, E) array (a column slice of a wider one is fine) to write into."""
+        xp = backend.xp
+        if t.ndim != 1 or t.dtype.kind not in "iu":
+            raise TypeError(f"timesteps must be a 1-D array of integers, got {t.dtype} of shape {tuple(t.shape)}")
+        t_min, t_max = int(t.min()), int(t.max())
+        if t_min < 0:
+            raise ValueError(f"timesteps must be >= 0, got {t_min}")
+        if self.table is None or t_max >= self.table.shape[0] or self.table_backend != backend.name:
+            size = 0 if self.table is None else self.table.shape[0]
+            steps = xp.arange(max(t_max + 1, 2 * size), dtype=self.sinusoidal.omega.dtype)  # grow geometrically
+            self.table = self.sinusoidal.forward(steps[:, None])
+            self.sinusoidal.cache = None  # the table is a constant: no backward through it
+            self.table_backend = backend.name
+        if out is None:
+            return self.table[t]  # emb(t)  (N, E)
+        out[...] = self.table[t]
+        return out

@@ -1,4 +1,4 @@
-"""Learned-range variances for ε-prediction models and the L_hybrid objective (Nichol & Dhariwal 2021).
+"""The L_hybrid objective for ε-prediction models with learned-range variances (Nichol & Dhariwal 2021).
 
 Shape glossary: N batch, D data dims, T steps; the denoiser outputs (N, 2·D): ε_θ (N, D) and o (N, D).
 
@@ -21,28 +21,8 @@ from __future__ import annotations
 import math
 
 from npdiff import backend, gaussian
-from npdiff.ddpm import draw_inputs
+from npdiff.ddpm import check_out_dim, draw_inputs, learned_range_log_var, learned_range_log_var_backward
 from npdiff.schedules import Schedule
-
-
-def eps_mean(schedule: Schedule, x_t, eps, t):
-    """μ_θ = (x_t − β_t/√(1 − ᾱ_t) ε_θ)/√α_t, (N, D). At t = 1 it is x̂_0 itself."""
-    coef = schedule.at("betas", t, x_t) / schedule.at("sqrt_one_minus_alpha_bar", t, x_t)
-    return (x_t - coef * eps) / schedule.at("alphas", t, x_t) ** 0.5
-
-
-def learned_range_log_var(schedule: Schedule, o, t):
-    """(log σ_θ² (N, D), cache) from the variance half o (N, D): v log β_t + (1 − v) log β̃_t, v = (o + 1)/2."""
-    log_max = backend.xp.log(schedule.at("betas", t, o))  # (N, 1)
-    log_min = schedule.at("posterior_log_var_clipped", t, o)  # (N, 1)
-    v = 0.5 * (o + 1.0)
-    cache = 0.5 * (log_max - log_min)  # d log σ²/do = ½(log β_t − log β̃_t)
-    return v * log_max + (1.0 - v) * log_min, cache
-
-
-def learned_range_log_var_backward(cache, dlog_var):
-    """dL/do (N, D) from dL/dlog σ_θ² (N, D)."""
-    return dlog_var * cache
 
 
 class HybridObjective:
@@ -58,43 +38,47 @@ class HybridObjective:
         self.last_simple = self.last_vlb = float("nan")
         self.config = {"objective": "hybrid", "lam": self.lam, "schedule": dict(schedule.config)}
 
+    def check_model(self, model) -> None:
+        check_out_dim(model, 2, "the hybrid objective (ε_θ and a learned-range variance)")
+
     def _forward(self, model, x0, t, noise, frozen_eps=None):
-        xp, s = backend.xp, self.schedule
+        xp, schedule = backend.xp, self.schedule
         n, d = x0.shape
-        x_t = s.at("sqrt_alpha_bar", t, x0) * x0 + s.at("sqrt_one_minus_alpha_bar", t, x0) * noise
+        x_t = schedule.q_sample(x0, t, noise)
         out = model.forward(x_t, t)
-        eps, o = out[:, :d], out[:, d:]
-        simple = ((eps - noise) ** 2).mean()
-        frozen = eps if frozen_eps is None else frozen_eps
-        mean_p = eps_mean(s, x_t, frozen, t)  # a constant in L_vlb (stop-gradient)
-        log_var_p, vcache = learned_range_log_var(s, o, t)
-        first = backend.asarray(backend.to_numpy(t) == 1)[:, None]  # (N, 1): the decoder rows
-        mean_q = s.at("posterior_mean_coef1", t, x0) * x0 + s.at("posterior_mean_coef2", t, x0) * x_t
-        log_var_q = s.at("posterior_log_var_clipped", t, x0)  # log β̃_t for t ≥ 2 (t = 1 rows unused)
+        eps_theta, o = out[:, :d], out[:, d:]
+        simple = ((eps_theta - noise) ** 2).mean()
+        frozen = eps_theta if frozen_eps is None else frozen_eps
+        mean_p = schedule.posterior_mean_from_eps(x_t, t, frozen)  # a constant in L_vlb (stop-gradient)
+        log_var_p, vcache = learned_range_log_var(schedule, o, t)
+        decoder = schedule.is_decoder(t)  # (N, 1): the t = 1 rows
+        mean_q, log_var_q = schedule.q_posterior(x0, x_t, t)  # t = 1 rows unused
         kl = gaussian.kl(mean_q, log_var_q, mean_p, log_var_p)
         nll = -gaussian.log_density(x0, mean_p, log_var_p)
-        term = xp.where(first, nll, kl).sum(axis=1)  # L_{t−1} per point, nats (N,)
-        scale = self.lam * s.T / (d * math.log(2.0))  # λ·T·L_{t−1} in bits per dimension
+        term = xp.where(decoder, nll, kl).sum(axis=1)  # L_{t−1} per point, nats (N,)
+        scale = self.lam * schedule.T / (d * math.log(2.0))  # λ·T·L_{t−1} in bits per dimension
         loss = float(simple) + scale * float(term.mean())
-        cache = (noise, eps, mean_q, log_var_q, mean_p, log_var_p, vcache, first, x0, scale)
-        return loss, float(simple), float(s.T * term.mean()), cache
+        cache = (noise, eps_theta, mean_q, log_var_q, mean_p, log_var_p, vcache, decoder, x0, scale)
+        return loss, float(simple), float(schedule.T * term.mean()), cache
 
     def loss(self, model, x0, rng=None, *, t=None, noise=None, frozen_eps=None) -> float:
         """The loss alone. ``frozen_eps`` (N, D) replaces ε_θ inside L_vlb's mean: with it set to the
         current ε_θ, the loss's finite-difference gradient is the stop-gradient one that backward computes."""
+        self.check_model(model)
         x0, t, noise = draw_inputs(self.schedule, model, x0, rng, t, noise)
         return self._forward(model, x0, t, noise, frozen_eps)[0]
 
     def loss_and_backward(self, model, x0, rng=None, *, t=None, noise=None) -> float:
         xp = backend.xp
+        self.check_model(model)
         x0, t, noise = draw_inputs(self.schedule, model, x0, rng, t, noise)
         loss, self.last_simple, self.last_vlb, cache = self._forward(model, x0, t, noise)
-        noise, eps, mean_q, log_var_q, mean_p, log_var_p, vcache, first, x0, scale = cache
+        noise, eps_theta, mean_q, log_var_q, mean_p, log_var_p, vcache, decoder, x0, scale = cache
         n, d = x0.shape
-        deps = 2.0 * (eps - noise) / (n * d)  # dL_simple/dε_θ; L_vlb sends none (stop-gradient)
+        deps = 2.0 * (eps_theta - noise) / (n * d)  # dL_simple/dε_θ; L_vlb sends none (stop-gradient)
         _, dlv_kl = gaussian.kl_backward(mean_q, log_var_q, mean_p, log_var_p, scale / n)
         _, dlv_nll = gaussian.log_density_backward(x0, mean_p, log_var_p, -scale / n)
-        dlog_var = xp.where(first, dlv_nll, dlv_kl)  # (N, D)
+        dlog_var = xp.where(decoder, dlv_nll, dlv_kl)  # (N, D)
         dout = xp.concatenate([deps, learned_range_log_var_backward(vcache, dlog_var)], axis=1)  # (N, 2D)
         model.backward(dout, input_grad=False)
         return loss

@@ -1,9 +1,9 @@
 """Variational lower bounds on log p(x_0) for any trained chain: exact over t or Monte Carlo, with errors.
 
-Shape glossary: N points, D data dims, T steps, R rows of a (point, t) batch. A *process* is any object
-with ``schedule`` and ``kernel(x_t, t) -> (mean, log_var)``, the reverse Gaussian p(x_{t−1}|x_t) for
-t = 1..T (t = 1 is the decoder p(x_0|x_1)); ``SohlDicksteinChain``, ``EpsilonChain`` and ``GaussianOracle``
-are processes. p(x_T) = N(0, I) always.
+Shape glossary: N points, D data dims, T steps, R rows of a (point, t) batch. A *process* is any reverse
+process (``npdiff.sampling``): an object with ``schedule`` and ``kernel(x_t, t) -> (mean, log_var)``, the
+reverse Gaussian p(x_{t−1}|x_t) for t = 1..T (t = 1 is the decoder p(x_0|x_1)); ``ddpm.EpsilonChain``,
+``sohl_dickstein.SohlDicksteinChain`` and ``oracles.GaussianOracle`` are processes. p(x_T) = N(0, I) always.
 
 The decomposition (Ho et al. 2020, Eq. 5; Sohl-Dickstein et al. 2015, App. B), per point, in nats:
     −log p(x_0) ≤ L_T + Σ_{t=2}^{T} L_{t−1} + L_0
@@ -28,9 +28,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from npdiff import backend, gaussian
-from npdiff.hybrid import eps_mean, learned_range_log_var
 from npdiff.schedules import Schedule
-from npdiff.sohl_dickstein import SohlDicksteinChain, entropy_constant
+from npdiff.sohl_dickstein import BoundObjective, SohlDicksteinChain, entropy_constant
 
 LN2 = math.log(2.0)
 
@@ -89,61 +88,6 @@ class Bound:
                 f"({self.gain / LN2:.4f} ± {self.gain_se / LN2:.4f} bits); N = {self.n}, {self.seconds:.1f} s")
 
 
-class EpsilonChain:
-    """The reverse kernel of an ε-prediction model: μ_θ from ε_θ and a named variance.
-
-    variance: "fixed_small" σ_t² = β̃_t (t = 1 uses β̃_2, β̃_1 being 0), "fixed_large" σ_t² = β_t,
-    or "learned_range" (model with 2·D outputs, ``npdiff.hybrid``). A fixed variance also works on a
-    learned-range model (its variance half is ignored), which separates the mean's and the variance's
-    share of the bound. No x̂_0 clipping.
-    """
-
-    VARIANCES = ("fixed_small", "fixed_large", "learned_range")
-
-    def __init__(self, model, schedule: Schedule, variance: str = "fixed_small") -> None:
-        if variance not in self.VARIANCES:
-            raise ValueError(f"unknown variance {variance!r}; choose one of {', '.join(self.VARIANCES)}")
-        config = getattr(model, "config", None)  # oracles such as ddpm.GaussianEpsilon have none
-        allowed = (2,) if variance == "learned_range" else (1, 2)  # a fixed σ² may ignore a learned half
-        if config is not None and config["out_dim"] not in [k * config["data_dim"] for k in allowed]:
-            raise ValueError(f"variance {variance!r} does not fit a model with {config['out_dim']} outputs "
-                             f"for {config['data_dim']} dims")
-        self.model, self.schedule, self.variance, self.T = model, schedule, variance, schedule.T
-
-    def kernel(self, x_t, t):
-        d = x_t.shape[1]
-        x_t = x_t.astype(getattr(self.model, "dtype", x_t.dtype), copy=False)
-        out = self.model.forward(x_t, t)
-        mean = eps_mean(self.schedule, x_t, out[:, :d], t)
-        if self.variance == "learned_range":
-            log_var = learned_range_log_var(self.schedule, out[:, d:], t)[0]
-        elif self.variance == "fixed_small":
-            log_var = self.schedule.at("posterior_log_var_clipped", t, x_t)
-        else:
-            log_var = backend.xp.log(self.schedule.at("betas", t, x_t))
-        return mean, backend.xp.broadcast_to(log_var, mean.shape)
-
-
-class GaussianOracle:
-    """The exact reverse kernel q(x_{t−1}|x_t) of data N(0, s² I): marginals v_t = ᾱ_t s² + 1 − ᾱ_t.
-
-    q(x_{t−1}|x_t) = N(√α_t v_{t−1}/v_t · x_t, v_{t−1} − α_t v_{t−1}²/v_t); for s = 1 it is N(√α_t x_t, β_t).
-    """
-
-    def __init__(self, schedule: Schedule, s2: float = 1.0) -> None:
-        self.schedule, self.T = schedule, schedule.T
-        v = schedule.alpha_bar * s2 + 1.0 - schedule.alpha_bar  # (T+1,), v_0 = s²
-        v_prev = np.concatenate([[s2], v[:-1]])
-        self.coef = np.sqrt(schedule.alphas) * v_prev / v
-        var = v_prev[1:] - schedule.alphas[1:] * v_prev[1:] ** 2 / v[1:]  # t = 1..T (t = 0 would be 0)
-        self.log_var = np.log(np.concatenate([var[:1], var]))
-
-    def kernel(self, x_t, t):
-        t = backend.to_numpy(t)
-        coef = backend.asarray(self.coef[t], x_t.dtype)[:, None]
-        return coef * x_t, backend.xp.broadcast_to(backend.asarray(self.log_var[t], x_t.dtype)[:, None], x_t.shape)
-
-
 def prior_term(schedule: Schedule, x0):
     """L_T = KL(N(√ᾱ_T x_0, 1 − ᾱ_T) ‖ N(0, I)) per point, nats (N,)."""
     ab = float(schedule.alpha_bar[-1])
@@ -160,15 +104,14 @@ def bound_terms(process, x0, t, noise):
 
     x0, noise (R, D) float64; t (R,) in 1..T; x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) noise.
     """
-    xp, s = backend.xp, process.schedule
-    x_t = s.at("sqrt_alpha_bar", t, x0) * x0 + s.at("sqrt_one_minus_alpha_bar", t, x0) * noise
+    schedule = process.schedule
+    x_t = schedule.q_sample(x0, t, noise)
     mean_p, log_var_p = process.kernel(x_t, t)
     mean_p, log_var_p = mean_p.astype(x0.dtype), log_var_p.astype(x0.dtype)
-    mean_q = s.at("posterior_mean_coef1", t, x0) * x0 + s.at("posterior_mean_coef2", t, x0) * x_t
-    log_var_q = s.at("posterior_log_var_clipped", t, x0)  # log β̃_t for t ≥ 2; t = 1 rows unused
+    mean_q, log_var_q = schedule.q_posterior(x0, x_t, t)  # t = 1 rows unused
     kl = gaussian.kl(mean_q, log_var_q, mean_p, log_var_p).sum(axis=1)
     nll = -gaussian.log_density(x0, mean_p, log_var_p).sum(axis=1)
-    return xp.where(backend.asarray(backend.to_numpy(t) == 1), nll, kl)
+    return backend.xp.where(schedule.is_decoder(t)[:, 0], nll, kl)
 
 
 def _rows(process, x0, t, rng, batch_size):
@@ -193,7 +136,7 @@ def exact_bound(process, x0, rng, log_det: float = 0.0, batch_size: int = 8192) 
     start = time.perf_counter()
     x0 = _prepare(x0)
     n, T = x0.shape[0], process.schedule.T
-    t = np.tile(np.arange(1, T + 1), n)  # rows point-major: point i has rows i·T .. i·T + T − 1
+    t = np.tile(process.schedule.timesteps(), n)  # rows point-major: point i has rows i·T .. i·T + T − 1
     terms = _rows(process, backend.xp.repeat(x0, T, axis=0), t, rng, batch_size).reshape(n, T)
     values = -(backend.to_numpy(prior_term(process.schedule, x0)) + terms.sum(axis=1))
     return Bound(values, backend.to_numpy(null_loglik(x0)), x0.shape[1], log_det, "exact decomposition",
@@ -212,7 +155,7 @@ def mc_bound(process, x0, rng, n_t: int = 1, t_probs=None, log_det: float = 0.0,
     p = np.full(T, 1.0 / T) if t_probs is None else np.asarray(t_probs, dtype=np.float64)
     if p.shape != (T,) or np.any(p <= 0) or abs(p.sum() - 1.0) > 1e-9:
         raise ValueError("t_probs must be T positive probabilities summing to 1")
-    t = rng.choice(np.arange(1, T + 1), size=n * n_t, p=p)
+    t = rng.choice(process.schedule.timesteps(), size=n * n_t, p=p)
     terms = _rows(process, backend.xp.repeat(x0, n_t, axis=0), t, rng, batch_size) / p[t - 1]
     values = -(backend.to_numpy(prior_term(process.schedule, x0)) + terms.reshape(n, n_t).mean(axis=1))
     name = "Monte Carlo over t" + ("" if t_probs is None else " (importance-sampled)")
@@ -227,7 +170,7 @@ def importance_probs(process, x0_pilot, rng, floor: float = 0.1, batch_size: int
     """
     x0 = _prepare(x0_pilot)
     n, T = x0.shape[0], process.schedule.T
-    terms = _rows(process, backend.xp.repeat(x0, T, axis=0), np.tile(np.arange(1, T + 1), n), rng,
+    terms = _rows(process, backend.xp.repeat(x0, T, axis=0), np.tile(process.schedule.timesteps(), n), rng,
                   batch_size).reshape(n, T)
     rms = np.sqrt((terms ** 2).mean(axis=0))
     return (1.0 - floor) * rms / rms.sum() + floor / T
@@ -251,13 +194,13 @@ def eq14_bound(chain: SohlDicksteinChain, x0, rng, exact: bool = False, n_t: int
     start = time.perf_counter()
     x0 = _prepare(x0)
     check_standardized(x0)
-    n, T = x0.shape[0], chain.schedule.T
+    n, schedule, first = x0.shape[0], chain.schedule, BoundObjective.first_t
     if exact:
-        t, reps = np.tile(np.arange(2, T + 1), n), T - 1
-        weight = 1.0
+        t = np.tile(schedule.timesteps(first), n)
+        reps, weight = schedule.T - first + 1, 1.0
     else:
-        t, reps = rng.integers(2, T + 1, size=n * n_t), n_t
-        weight = (T - 1) / n_t
+        t = schedule.sample_t(n * n_t, rng, first)
+        reps, weight = n_t, (schedule.T - first + 1) / n_t
     terms = _rows(chain, backend.xp.repeat(x0, reps, axis=0), t, rng, batch_size).reshape(n, reps)
     values = entropy_constant(chain.schedule, x0.shape[1]) - weight * terms.sum(axis=1)
     name = "Eq. 14, " + ("exact over t" if exact else f"Monte Carlo over t ({n_t} per point)")

@@ -22,6 +22,9 @@ Squared maximum mean discrepancy with k(x, y) = exp(−‖x − y‖² / (2h²))
 
     MMD²_u = Σ_{i≠i'} k(a_i, a_i') / (N(N−1)) + Σ_{j≠j'} k(b_j, b_j') / (M(M−1))
              − 2 Σ_{i,j} k(a_i, b_j) / (NM)
+
+For MNIST-format images, the classifier-judged figures (FCD, accuracy on intended classes, predicted-class
+entropy, and their baselines) live in ``npdiff.image_metrics`` and are re-exported here.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from __future__ import annotations
 import numpy as np
 
 from npdiff import backend
+from npdiff.image_metrics import (  # noqa: F401  the image-quality figure (docs/images-quality.md)
+    ImageJudge, class_accuracy, fcd, frechet_distance, gaussian_fit, predicted_class_entropy)
 
 MEDIAN_SUBSAMPLE = 1000  # at most this many pooled points enter the median-distance heuristic
 

@@ -13,19 +13,17 @@ H hidden width, O output channels (D for ε-prediction, 2·D for a mean and a va
 Initialisation: every Linear as PyTorch's default, W and b ~ U(−1/√fan_in, 1/√fan_in); LayerNorm
 γ = 1, β = 0. Parameters live in one contiguous buffer (``npdiff.flat``), in the dtype chosen here.
 
-The first layer splits: Linear([h_x, h_t]) = h_x·W_x + h_t·W_t + b, with W_x the first D·E rows of W
-and W_t the rest, and h_t·W_t depends on t alone. A large batch holds few distinct timesteps (at most T
-in training, one in sampling), so there the time half is embedded and multiplied once per distinct t,
-and in backward dL/dW_t = h_tᵀ·(the rows' dL/dz summed per timestep). Smaller batches take the plain
-concatenation; both routes give the same numbers up to rounding.
+The first layer is one Linear on the concatenation [h_x, h_t] (``inp.0.W`` has D·E + Et rows): the
+embeddings write their halves of its input in place, and h_t is looked up in a table of the constant
+embeddings of integer timesteps (``embeddings.TimestepEmbedding``) rather than recomputed per row.
 """
 
 from __future__ import annotations
 
 from npdiff import backend
-from npdiff.embeddings import SinusoidalEmbedding
+from npdiff.embeddings import SinusoidalEmbedding, TimestepEmbedding
 from npdiff.flat import flatten
-from npdiff.layers import LayerNorm, Linear, Module, Residual, Sequential, activation as make_activation, ones
+from npdiff.layers import LayerNorm, Linear, Module, Residual, Sequential, activation as make_activation
 
 
 class Denoiser(Module):
@@ -69,7 +67,7 @@ class Denoiser(Module):
         self.dtype = backend.xp.dtype(dtype)
         rng = backend.default_rng(seed)
         self.coord_emb = SinusoidalEmbedding(emb_dim, coord_scale, dtype) if embed_coords else None
-        self.time_emb = SinusoidalEmbedding(time_emb_dim, time_scale, dtype)
+        self.time_emb = TimestepEmbedding(time_emb_dim, time_scale, dtype)
         self.x_features = data_dim * emb_dim if embed_coords else data_dim
         self.inp = Sequential(Linear(self.x_features + time_emb_dim, hidden, rng, dtype), make_activation(activation))
         blocks = []
@@ -91,41 +89,19 @@ class Denoiser(Module):
             raise ValueError(f"x_t must have shape (N, {self.config['data_dim']}), got {tuple(x_t.shape)}")
         if t.shape != (x_t.shape[0],):
             raise ValueError(f"t must have shape ({x_t.shape[0]},), got {tuple(t.shape)}")
-        h = self._inp_forward(x_t.astype(self.dtype, copy=False), t)  # (N, H)
+        xp, nx = backend.xp, self.x_features
+        # the first layer's input [h_x, h_t]; each embedding writes its half in place (no concatenate)
+        h = xp.empty((x_t.shape[0], nx + self.config["time_emb_dim"]), dtype=self.dtype)  # (N, D·E + Et)
+        if self.coord_emb is not None:
+            self.coord_emb.forward(x_t.astype(self.dtype, copy=False), out=h[:, :nx])  # h_x = emb_c(x_t)  (N, D·E)
+        else:
+            h[:, :nx] = x_t  # h_x = x_t  (N, D)
+        self.time_emb.forward(t, out=h[:, nx:])  # h_t = emb_t(t)  (N, Et)
+        h = self.inp.forward(h)  # act(Linear([h_x, h_t]))  (N, H)
         h = self.blocks.forward(h)
         if self.norm is not None:
             h = self.norm.forward(h)
         return self.out.forward(h)  # (N, O)
-
-    # batches of at least this many rows, with at most a quarter as many distinct t, go per timestep
-    PER_STEP_MIN_ROWS = 512
-
-    def _inp_forward(self, x_t, t):
-        """act(Linear([h_x, h_t])), the embeddings and the first layer (module docstring).  -> (N, H)"""
-        xp = backend.xp
-        linear, act = self.inp.layers
-        n, nx = x_t.shape[0], self.x_features
-        self.cache = None
-        if n >= self.PER_STEP_MIN_ROWS:
-            steps, rows, counts = xp.unique(t, return_inverse=True, return_counts=True)  # t = steps[rows]
-            if 4 * steps.shape[0] <= n:
-                h_x = self.coord_emb.forward(x_t) if self.coord_emb is not None else x_t  # (N, D·E)
-                h_t = self.time_emb.forward(steps.astype(self.dtype)[:, None])  # one row per t  (U, Et)
-                W = linear.params["W"]
-                z = xp.dot(h_x, W[:nx])  # h_x·W_x                   (N, H)
-                z += xp.dot(h_t, W[nx:])[rows]  # + h_t·W_t, computed once per distinct t
-                z += linear.params["b"]
-                self.cache = (h_x, h_t, rows, counts)  # both inputs, and which rows share a timestep
-                return act.forward(z)
-        # plain: h = concatenate([h_x, h_t], axis=1); the embeddings write their halves in place
-        h = xp.empty((n, nx + self.config["time_emb_dim"]), dtype=self.dtype)
-        h_x, h_t = h[:, :nx], h[:, nx:]
-        if self.coord_emb is not None:
-            self.coord_emb.forward(x_t, out=h_x)  # (N, D·E)
-        else:
-            h_x[...] = x_t  # (N, D)
-        self.time_emb.forward(t.astype(self.dtype)[:, None], out=h_t)  # (N, Et)
-        return act.forward(linear.forward(h))
 
     def backward(self, dy, input_grad: bool = True):
         """dy = dL/df (N, O) -> dL/dx_t (N, D); parameter gradients are added into ``grads``.
@@ -133,26 +109,13 @@ class Denoiser(Module):
         ``input_grad=False`` skips dL/dx_t (returns None): training needs only the parameters'
         gradients, and the first layer's input gradient is the widest matrix product of the pass.
         """
-        xp = backend.xp
         dh = self.out.backward(dy)
         if self.norm is not None:
             dh = self.norm.backward(dh)
         dh = self.blocks.backward(dh)
         linear, act = self.inp.layers
-        dz = act.backward(dh)  # dL/dz, z = [h_x, h_t]·W + b  (N, H)
-        nx = self.x_features
-        if self.cache is None:  # the plain route
-            linear.backward(dz, input_grad=False)  # dL/dW, dL/db of the first layer
-        else:
-            h_x, h_t, rows, counts = self.cache
-            linear.grads["W"][:nx] += xp.dot(h_x.T, dz)  # dL/dW_x = h_xᵀ·dz
-            # dL/dW_t = Σ_n h_t[rows_n]ᵀ dz_n = h_tᵀ·(dz summed over the rows of each timestep)
-            by_step = xp.argsort(rows, kind="stable")  # rows grouped by timestep
-            dz_t = xp.add.reduceat(dz[by_step], xp.cumsum(counts) - counts, axis=0)  # (U, H)
-            linear.grads["W"][nx:] += xp.dot(h_t.T, dz_t)
-            linear.grads["b"] += xp.dot(ones(dz.shape[0], dz.dtype), dz)  # dL/db = Σ_n dz
+        d_input = linear.backward(act.backward(dh), input_grad=input_grad)  # dL/d[h_x, h_t]  (N, D·E + Et)
         if not input_grad:
             return None
-        # dL/dh_x = dL/dz · W_xᵀ, the embedding rows of W only: the time half carries no gradient
-        dh_x = xp.dot(dz, linear.params["W"][:nx].T)  # (N, D·E) or (N, D)
-        return self.coord_emb.backward(dh_x) if self.coord_emb is not None else dh_x
+        dh_x = d_input[:, :self.x_features]  # the timestep half carries no gradient on
+        return self.coord_emb.backward(dh_x) if self.coord_emb is not None else dh_x  # dL/dx_t  (N, D)

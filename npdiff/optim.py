@@ -15,6 +15,7 @@ import math
 
 from npdiff import backend
 from npdiff.flat import flatten
+from npdiff.primitives import moving_average_
 
 
 class Adam:
@@ -26,37 +27,27 @@ class Adam:
         if lr <= 0 or not 0 <= betas[0] < 1 or not 0 <= betas[1] < 1 or eps <= 0:
             raise ValueError(f"invalid Adam settings lr={lr}, betas={betas}, eps={eps}")
         xp = backend.xp
-        self.params, self.grads = flatten(model)
+        self.params, self.grads = flatten(model)  # θ and g, the model's flat buffers  (P,)
         self.lr, self.betas, self.eps = float(lr), (float(betas[0]), float(betas[1])), float(eps)
-        self.m = xp.zeros_like(self.params)
-        self.v = xp.zeros_like(self.params)
-        self.scratch = xp.empty_like(self.params)  # reused every step: no per-step allocation
-        self.steps = 0
+        self.m = xp.zeros_like(self.params)  # first moment, E[g]    (P,)
+        self.v = xp.zeros_like(self.params)  # second moment, E[g²]  (P,)
+        self.steps = 0  # k, the number of updates taken
 
     def step(self, lr: float | None = None) -> None:
         xp = backend.xp
         lr = self.lr if lr is None else float(lr)
         b1, b2 = self.betas
-        g, m, v, s = self.grads, self.m, self.v, self.scratch
+        g = self.grads
         self.steps += 1
+        k = self.steps
         if self.weight_decay:
             self.params *= 1 - lr * self.weight_decay  # AdamW: θ ← θ(1 − lr·λ)
-        # every line below writes into m, v, s or θ: no (P,) temporary is allocated
-        xp.subtract(g, m, out=s)
-        s *= 1 - b1
-        m += s  # m ← β1 m + (1 − β1) g, as m + (1 − β1)(g − m)
-        xp.multiply(g, g, out=s)
-        s -= v
-        s *= 1 - b2
-        v += s  # v ← β2 v + (1 − β2) g², as v + (1 − β2)(g² − v)
-        # θ ← θ − lr·m̂/(√v̂ + ε), m̂ = m/c1, v̂ = v/c2, c_i = 1 − β_i^k;
-        # the same as θ − (lr·√c2/c1)·m/(√v + ε·√c2), one pass fewer
-        c1, c2 = 1 - b1**self.steps, 1 - b2**self.steps
-        xp.sqrt(v, out=s)
-        s += self.eps * math.sqrt(c2)
-        xp.divide(m, s, out=s)
-        s *= lr * math.sqrt(c2) / c1
-        self.params -= s
+        moving_average_(self.m, g, b1)  # m ← β1 m + (1 − β1) g
+        moving_average_(self.v, g * g, b2)  # v ← β2 v + (1 − β2) g²
+        # θ ← θ − lr·m̂/(√v̂ + ε), m̂ = m/(1 − β1^k), v̂ = v/(1 − β2^k); the scalar 1/(1 − β1^k) goes
+        # into the step size, as PyTorch does
+        step_size = lr / (1 - b1**k)
+        self.params -= step_size * self.m / (xp.sqrt(self.v / (1 - b2**k)) + self.eps)
 
     def state_dict(self) -> dict:
         """Arrays and counters needed to resume exactly (host NumPy arrays)."""
@@ -84,8 +75,7 @@ class AdamW(Adam):
 
 def grad_norm(grads) -> float:
     """‖g‖₂ of the flat gradient buffer (P,)."""
-    xp = backend.xp
-    return float(xp.sqrt(xp.dot(grads, grads)))
+    return math.sqrt(float(backend.xp.dot(grads, grads)))
 
 
 def clip_grad_norm(grads, max_norm: float, norm: float | None = None) -> float:
@@ -140,17 +130,14 @@ class EMA:
     def __init__(self, model, decay: float = 0.999) -> None:
         if not 0 <= decay < 1:
             raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
-        self.params, _ = flatten(model)
+        self.params, _ = flatten(model)  # θ, the model's flat buffer  (P,)
         self.decay = float(decay)
-        self.shadow = self.params.copy()
-        self.scratch = backend.xp.empty_like(self.params)
+        self.shadow = self.params.copy()  # θ̄  (P,)
 
     def update(self) -> None:
-        backend.xp.subtract(self.params, self.shadow, out=self.scratch)
-        self.scratch *= 1 - self.decay
-        self.shadow += self.scratch  # θ̄ ← θ̄ + (1 − decay)(θ − θ̄)
+        moving_average_(self.shadow, self.params, self.decay)  # θ̄ ← decay·θ̄ + (1 − decay)·θ
 
     def swap(self) -> None:
-        self.scratch[...] = self.params
+        live = self.params.copy()
         self.params[...] = self.shadow
-        self.shadow[...] = self.scratch
+        self.shadow[...] = live

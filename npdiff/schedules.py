@@ -1,8 +1,8 @@
-"""Noise schedules β_1..β_T and every array derived from them, indexed by the paper's t.
+"""The forward process q, owned in one place: a β schedule, every array derived from it, and the timesteps.
 
-Shapes: T number of diffusion steps; N batch; D data dimensions. The β functions below return the T
-values β_1..β_T (length T). A ``Schedule`` stores every derived array with length T+1, indexed by the
-paper's t, so ``alpha_bar[t]`` is ᾱ_t and entry 0 holds t = 0 (β_0 = 0, α_0 = 1, ᾱ_0 = 1).
+Shapes: T number of diffusion steps; N batch; D data dimensions. A ``Schedule`` stores every derived
+array with length T+1, indexed by the paper's t, so ``alpha_bar[t]`` is ᾱ_t and entry 0 holds t = 0
+(β_0 = 0, α_0 = 1, ᾱ_0 = 1). The β values themselves come from ``npdiff.betas``.
 
 Equations (Ho et al. 2020, "DDPM", Eqs. 2-7; Sohl-Dickstein et al. 2015, Sec. 2):
     q(x_t | x_{t-1}) = N(√α_t x_{t-1}, β_t I),          α_t = 1 − β_t
@@ -10,16 +10,18 @@ Equations (Ho et al. 2020, "DDPM", Eqs. 2-7; Sohl-Dickstein et al. 2015, Sec. 2)
     q(x_{t-1} | x_t, x_0) = N(μ̃_t, β̃_t I)                                         (DDPM Eqs. 6-7)
         μ̃_t = √ᾱ_{t−1} β_t/(1−ᾱ_t) · x_0 + √α_t (1−ᾱ_{t−1})/(1−ᾱ_t) · x_t
         β̃_t = β_t (1−ᾱ_{t−1})/(1−ᾱ_t)
+    x̂_0(x_t, ε) = x_t/√ᾱ_t − √(1/ᾱ_t − 1) ε                                      (Eq. 4 solved for x_0)
+    v = √ᾱ_t ε − √(1−ᾱ_t) x_0;  ε = √(1−ᾱ_t) x_t + √ᾱ_t v;  x_0 = √ᾱ_t x_t − √(1−ᾱ_t) v  (Salimans & Ho 2022)
+    μ̃_t(x̂_0(x_t, ε), x_t) = (x_t − β_t/√(1−ᾱ_t) ε)/√α_t                            (DDPM Eq. 11)
     SNR(t) = ᾱ_t / (1 − ᾱ_t)                                  (Kingma et al. 2021, VDM)
 
-Schedules: ``linear`` (DDPM), ``cosine`` (Nichol & Dhariwal 2021, Eq. 17), ``sigmoid`` (GeoDiff /
-DPM code), ``sohl_dickstein`` (β_t = 1/(T − t + 1), Sohl-Dickstein et al. 2015, App. D).
+The timesteps live here too: training draws t ∈ {1..T} (``sample_t``; the Sohl-Dickstein bound draws
+{2..T}), sampling runs t = T..1 (``reverse_t``) and adds no noise at the last step, and t = 1 is the
+decoder step p(x_0|x_1) of every bound (``is_decoder``). Every objective, sampler and bound asks the
+schedule for these instead of re-deriving them.
 
-Every β is required to lie strictly inside (0, 1). The cosine schedule and ``sohl_dickstein`` reach
-β_T = 0.999 (their cap): then √α_T ≈ 0.0316 and ᾱ_T ≈ 0, so the plain ancestral step
-x_{T−1} = (x_T − β_T/√(1−ᾱ_T) ε_θ)/√α_T stays finite but multiplies the network's error by ~30; the
-samplers handle that, not this module. All arrays are float64 NumPy on the host (they are small); use
-``Schedule.at(name, t, like)`` to gather values at integer timesteps onto the backend in a given dtype.
+All arrays are float64 NumPy on the host (they are small); ``Schedule.at(name, t, like)`` gathers values
+at integer timesteps onto the backend in a given dtype.
 """
 
 from __future__ import annotations
@@ -29,110 +31,16 @@ import math
 import numpy as np
 
 from npdiff import backend
+from npdiff.betas import SCHEDULES, check_T, make_betas
 
 ARRAY_NAMES = (
     "betas", "alphas", "alpha_bar", "alpha_bar_prev", "sqrt_alpha_bar", "sqrt_one_minus_alpha_bar",
     "sqrt_recip_alpha_bar", "sqrt_recipm1_alpha_bar", "posterior_var", "posterior_log_var_clipped",
     "posterior_mean_coef1", "posterior_mean_coef2", "snr",
 )
+DECODER_T = 1  # the step whose reverse kernel is the decoder p(x_0|x_1)
 
-
-def _check_T(T) -> int:
-    if isinstance(T, bool) or not isinstance(T, (int, np.integer)) or T < 1:
-        raise ValueError(f"T must be an integer >= 1; got {T!r}")
-    return int(T)
-
-
-def _check_range(beta_start: float, beta_end: float) -> None:
-    if not beta_start <= beta_end:
-        raise ValueError(f"beta_start must be <= beta_end; got beta_start={beta_start!r} > beta_end={beta_end!r}")
-
-
-def _check_betas(betas: np.ndarray, what: str) -> np.ndarray:
-    betas = np.asarray(betas, dtype=np.float64)
-    if betas.ndim != 1 or betas.size < 1:
-        raise ValueError(f"{what}: betas must be a non-empty 1-D sequence; got shape {betas.shape}")
-    bad = np.flatnonzero(~((betas > 0.0) & (betas < 1.0)))  # also catches nan
-    if bad.size:
-        t = int(bad[0]) + 1
-        raise ValueError(f"{what}: every beta must lie strictly in (0, 1); got beta_{t} = {float(betas[bad[0]])!r}")
-    return betas
-
-
-def linear(T: int, beta_start: float = 1e-4, beta_end: float = 0.02, scale_to_T: bool = False) -> np.ndarray:
-    """β_1..β_T evenly spaced from ``beta_start`` to ``beta_end`` (Ho et al. 2020, Sec. 4). Shape (T,).
-
-    ``scale_to_T=True`` multiplies both ends by 1000/T (improved-diffusion's ``get_named_beta_schedule``),
-    so a short chain destroys about as much signal as DDPM's 1000 steps; it raises if β_end reaches 1.
-    """
-    T = _check_T(T)
-    _check_range(beta_start, beta_end)
-    scale = 1000.0 / T if scale_to_T else 1.0
-    return _check_betas(np.linspace(scale * beta_start, scale * beta_end, T), f"linear(T={T}, scale_to_T={scale_to_T})")
-
-
-def cosine(T: int, s: float = 0.008, max_beta: float = 0.999) -> np.ndarray:
-    """β_t = min(1 − ᾱ(t)/ᾱ(t−1), max_beta), ᾱ(t) = f(t)/f(0), f(t) = cos²((t/T + s)/(1 + s) · π/2).
-
-    Nichol & Dhariwal 2021, Eq. 17. The cap makes β_T = 0.999 (for every T), so ᾱ_T ≈ 0 but > 0. Shape (T,).
-    """
-    T = _check_T(T)
-    f = np.cos((np.arange(T + 1) / T + s) / (1.0 + s) * (math.pi / 2)) ** 2  # (T+1,); f(0) cancels in the ratio
-    return _check_betas(np.minimum(1.0 - f[1:] / f[:-1], max_beta), f"cosine(T={T}, s={s})")
-
-
-def sigmoid(T: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> np.ndarray:
-    """β = sigmoid(linspace(−6, 6, T)) · (β_end − β_start) + β_start (GeoDiff / DPM-solver code). Shape (T,).
-
-    Monotone increasing; the ends are β_start + 0.0025·Δ and β_end − 0.0025·Δ (sigmoid(±6)), not the
-    exact endpoints. GeoDiff uses 1e-7..2e-3 at T = 5000; the defaults here match ``linear``.
-    """
-    T = _check_T(T)
-    _check_range(beta_start, beta_end)
-    ramp = 1.0 / (1.0 + np.exp(-np.linspace(-6.0, 6.0, T)))
-    return _check_betas(ramp * (beta_end - beta_start) + beta_start, f"sigmoid(T={T})")
-
-
-def sohl_dickstein(T: int, beta_max: float = 0.999, variant: str = "paper") -> np.ndarray:
-    """Sohl-Dickstein et al. 2015's baseline β_t = 1/(T − t + 1), t = 1..T, capped at ``beta_max``. Shape (T,).
-
-    Uncapped, this gives ᾱ_t = (T − t)/T, so β_T = 1 and ᾱ_T = 0 exactly: q(x_T) is N(0, I) for any
-    data, but 1/√α_T, log β_T and the logit of β_T are infinite. β_T is therefore capped at
-    ``beta_max`` (default 0.999, the cosine schedule's cap), which leaves ᾱ_T = (1 − beta_max)/T;
-    only β_T is affected (every other β_t ≤ 1/2). ``variant="code"`` gives the baseline of the
-    authors' released Theano code instead, β = 1/linspace(T, 2, T) (β_T = 1/2, ᾱ_T ≈ 1/T); that
-    code also learns a perturbation of β and clamps it to [1e-6, 1 − 1e-5], which is not reproduced here.
-    """
-    T = _check_T(T)
-    if not 0.0 < beta_max < 1.0:
-        raise ValueError(f"beta_max must lie strictly in (0, 1); got {beta_max!r}")
-    if variant == "paper":
-        betas = 1.0 / (T - np.arange(1, T + 1) + 1.0)
-    elif variant == "code":
-        betas = 1.0 / np.linspace(T, 2.0, T)
-    else:
-        raise ValueError(f"unknown sohl_dickstein variant {variant!r}; choose 'paper' or 'code'")
-    return _check_betas(np.minimum(betas, beta_max), f"sohl_dickstein(T={T}, variant={variant!r})")
-
-
-def custom(T: int, betas) -> np.ndarray:
-    """Given β_1..β_T (length T), checked to lie in (0, 1). Used by ``Schedule.from_betas``."""
-    T = _check_T(T)
-    betas = _check_betas(betas, "custom")
-    if betas.size != T:
-        raise ValueError(f"custom: got {betas.size} betas for T = {T}")
-    return betas
-
-
-SCHEDULES = {"linear": linear, "cosine": cosine, "sigmoid": sigmoid, "sohl_dickstein": sohl_dickstein,
-             "custom": custom}
-
-
-def make_betas(name: str, T: int, **kwargs) -> np.ndarray:
-    """β_1..β_T (shape (T,)) of the named schedule; ``kwargs`` go to that schedule's function."""
-    if name not in SCHEDULES:
-        raise ValueError(f"unknown schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
-    return SCHEDULES[name](T, **kwargs)
+__all__ = ["ARRAY_NAMES", "DECODER_T", "SCHEDULES", "Schedule", "expected_prior_kl", "prior_kl"]
 
 
 def _check_kl_args(alpha_bar_T: float, data_var: float) -> None:
@@ -182,7 +90,7 @@ class Schedule:
     """
 
     def __init__(self, T: int, name: str = "linear", **kwargs):
-        T = _check_T(T)
+        T = check_T(T)
         betas = make_betas(name, T, **kwargs)  # (T,) = β_1..β_T
         self.T, self.name = T, name
         self.config = {"T": T, "name": name, **kwargs}
@@ -229,28 +137,88 @@ class Schedule:
             return values
         return values.reshape(t_host.shape + (1,) * (like.ndim - t_host.ndim))
 
+    # the forward process q and its posterior (module docstring), for x0, x_t, noise (N, D) and t (N,)
+
+    def q_sample(self, x0, t, noise):
+        """x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε, a draw of q(x_t|x_0) (DDPM Eq. 4).  -> (N, D)"""
+        return self.at("sqrt_alpha_bar", t, x0) * x0 + self.at("sqrt_one_minus_alpha_bar", t, x0) * noise
+
+    def q_posterior(self, x0, x_t, t):
+        """(μ̃_t (N, D), log β̃_t (N, 1)) of q(x_{t−1}|x_t, x_0) (DDPM Eqs. 6-7).
+
+        The log-variance is ``posterior_log_var_clipped``: log β̃_t for t ≥ 2; at the decoder step t = 1,
+        where β̃_1 = 0, it is log β̃_2 (the bounds use the decoder's likelihood there, not this KL).
+        """
+        mean = self.at("posterior_mean_coef1", t, x0) * x0 + self.at("posterior_mean_coef2", t, x_t) * x_t
+        return mean, self.at("posterior_log_var_clipped", t, x0)
+
+    def predict_x0(self, x_t, t, eps):
+        """x̂_0 = x_t/√ᾱ_t − √(1/ᾱ_t − 1) ε, the x_0 that q_sample would map to x_t with noise ε.  -> (N, D)"""
+        return self.at("sqrt_recip_alpha_bar", t, x_t) * x_t - self.at("sqrt_recipm1_alpha_bar", t, x_t) * eps
+
+    def posterior_mean_from_eps(self, x_t, t, eps):
+        """μ̃_t(x̂_0(x_t, ε), x_t) = (x_t − β_t/√(1−ᾱ_t) ε)/√α_t (DDPM Eq. 11).  -> (N, D)
+
+        The same mean as ``q_posterior(predict_x0(x_t, t, eps), x_t, t)``, written without 1/√ᾱ_t, which
+        at ᾱ_t ≈ 0 (the cosine schedule's last step) would cancel catastrophically in float32.
+        """
+        coef = self.at("betas", t, x_t) / self.at("sqrt_one_minus_alpha_bar", t, x_t)  # β_t/√(1−ᾱ_t)
+        return (x_t - coef * eps) / self.at("alphas", t, x_t) ** 0.5
+
+    def eps_from_x0(self, x_t, t, x0):
+        """ε = (x_t − √ᾱ_t x_0)/√(1−ᾱ_t), the noise that q_sample would need to map x_0 to x_t.  -> (N, D)"""
+        return (x_t - self.at("sqrt_alpha_bar", t, x_t) * x0) / self.at("sqrt_one_minus_alpha_bar", t, x_t)
+
+    # the v-parameterisation (Salimans & Ho 2022, Sec. 4): v = √ᾱ_t ε − √(1−ᾱ_t) x_0, with x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε
+
+    def v_target(self, x0, t, noise):
+        """v = √ᾱ_t ε − √(1−ᾱ_t) x_0, the velocity a v-prediction network learns.  -> (N, D)"""
+        return self.at("sqrt_alpha_bar", t, x0) * noise - self.at("sqrt_one_minus_alpha_bar", t, x0) * x0
+
+    def eps_from_v(self, x_t, t, v):
+        """ε = √(1−ᾱ_t) x_t + √ᾱ_t v (the rotation that inverts v_target).  -> (N, D)"""
+        return self.at("sqrt_one_minus_alpha_bar", t, x_t) * x_t + self.at("sqrt_alpha_bar", t, x_t) * v
+
+    def x0_from_v(self, x_t, t, v):
+        """x̂_0 = √ᾱ_t x_t − √(1−ᾱ_t) v.  -> (N, D)"""
+        return self.at("sqrt_alpha_bar", t, x_t) * x_t - self.at("sqrt_one_minus_alpha_bar", t, x_t) * v
+
+    # the timesteps
+
     def sample_t(self, n: int, rng, first: int = 1):
         """Training timesteps: n integers drawn uniformly from {first..T} (never 0) with ``rng``.  -> (N,)
 
         first = 1 for the ε objectives; the Sohl-Dickstein bound draws from {2..T}, t = 1 being fixed.
         """
-        if not 1 <= first <= self.T:
-            raise ValueError(f"first must lie in 1..T={self.T}, got {first}")
+        self._check_first(first)
         return rng.integers(first, self.T + 1, size=int(n))
 
-    def reverse_t(self, n_steps: int | None = None) -> list[int]:
+    def timesteps(self, first: int = 1) -> np.ndarray:
+        """Every timestep first, first + 1, …, T (host int64), the terms of an exact bound.  -> (T − first + 1,)"""
+        self._check_first(first)
+        return np.arange(first, self.T + 1)
+
+    def _check_first(self, first: int) -> None:
+        if not 1 <= first <= self.T:
+            raise ValueError(f"first must lie in 1..T={self.T}, got {first}")
+
+    def reverse_t(self, ddim_steps: int | None = None) -> list[int]:
         """Sampling timesteps, descending from T to 1 (the sampler adds no noise at the last one).
 
-        n_steps=None gives all T steps; otherwise n_steps (1..T) evenly spaced distinct values from
-        T down to 1 (DDIM's shortened chain; n_steps = 1 gives [T] alone).
+        ddim_steps=None gives all T steps; otherwise ddim_steps (1..T) evenly spaced distinct values from
+        T down to 1 (DDIM's shortened chain; ddim_steps = 1 gives [T] alone).
         """
-        if n_steps is None:
-            n_steps = self.T
-        if isinstance(n_steps, bool) or not isinstance(n_steps, (int, np.integer)) or not 1 <= n_steps <= self.T:
-            raise ValueError(f"n_steps must be an integer in 1..{self.T}; got {n_steps!r}")
-        if n_steps == 1:
+        n = self.T if ddim_steps is None else ddim_steps
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= self.T:
+            raise ValueError(f"ddim_steps must be an integer in 1..{self.T}; got {ddim_steps!r}")
+        if n == 1:
             return [self.T]
-        return [int(t) for t in np.round(np.linspace(self.T, 1, n_steps)).astype(int)]  # spacing >= 1: distinct
+        return [int(t) for t in np.round(np.linspace(self.T, 1, n)).astype(int)]  # spacing >= 1: distinct
+
+    @staticmethod
+    def is_decoder(t):
+        """(N, 1) booleans on the backend: which rows are at the decoder step t = 1.  t: (N,) integers."""
+        return backend.asarray(np.asarray(backend.to_numpy(t)) == DECODER_T)[:, None]
 
     def prior_kl(self, data_var: float = 1.0) -> float:
         """``prior_kl(ᾱ_T, data_var)``: KL(q(x_T) ‖ N(0, 1)) per dimension in nats."""

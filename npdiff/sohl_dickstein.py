@@ -27,12 +27,10 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-
 from npdiff import backend, gaussian
-from npdiff.ddpm import draw_inputs
+from npdiff.ddpm import check_out_dim, draw_inputs
 from npdiff.models import Denoiser
-from npdiff.schedules import Schedule
+from npdiff.schedules import DECODER_T, Schedule
 
 
 def make_model(data_dim: int, zero_output: bool = True, **kwargs) -> Denoiser:
@@ -56,23 +54,27 @@ def _log_sigmoid(a):
 def reverse_kernel(schedule: Schedule, out, x_t, t):
     """(μ_θ, log σ_θ², cache) of p(x_{t−1}|x_t) from the network output ``out`` (N, 2·D); x_t (N, D), t (N,).
 
-    μ_θ = √α_t x_t + √β_t m;  log σ_θ² = log sigmoid(v + logit β_t).  Shapes (N, D) each.
+    μ_θ = √α_t x_t + √β_t m;  log σ_θ² = log sigmoid(a), a = v + logit β_t.  Shapes (N, D) each.
     """
+    xp = backend.xp
     d = x_t.shape[1]
     m, v = out[:, :d], out[:, d:]  # (N, D) each
     beta = schedule.at("betas", t, x_t)  # (N, 1)
-    a = v + (backend.xp.log(beta) - backend.xp.log1p(-beta))  # v + logit β_t  (N, D)
+    alpha = schedule.at("alphas", t, x_t)  # 1 − β_t from float64: float32 1 − β_T would keep 4 digits
+    a = v + (xp.log(beta) - xp.log(alpha))  # v + logit β_t  (N, D)
     log_var = _log_sigmoid(a)
-    mean = schedule.at("alphas", t, x_t) ** 0.5 * x_t + beta ** 0.5 * m
-    cache = (beta ** 0.5, log_var)  # √β_t scales dμ into dm; σ² = e^{log σ²} gives dlogσ²/dv = 1 − σ²
+    mean = alpha ** 0.5 * x_t + beta ** 0.5 * m
+    cache = (beta ** 0.5, a)  # √β_t scales dμ into dm; a gives dlogσ²/dv = 1 − sigmoid(a)
     return mean, log_var, cache
 
 
 def reverse_kernel_backward(cache, dmean, dlog_var):
     """dL/dout (N, 2·D) from dL/dμ_θ and dL/dlog σ_θ² (N, D) each."""
-    sqrt_beta, log_var = cache
+    sqrt_beta, a = cache
     dm = dmean * sqrt_beta  # dμ/dm = √β_t
-    dv = dlog_var * (1.0 - backend.xp.exp(log_var))  # d log sigmoid(a)/da = 1 − sigmoid(a)
+    # d log sigmoid(a)/da = 1 − sigmoid(a) = sigmoid(−a), formed as exp(log sigmoid(−a)): 1 − σ² would
+    # lose every digit as σ² → 1 near t = T in float32 (relative error 1e-3 at v = 3)
+    dv = dlog_var * backend.xp.exp(_log_sigmoid(-a))
     return backend.xp.concatenate([dm, dv], axis=1)
 
 
@@ -81,51 +83,29 @@ def entropy_constant(schedule: Schedule, data_dim: int) -> float:
     return 0.5 * data_dim * (math.log1p(-schedule.alpha_bar[-1]) - math.log(2 * math.pi * math.e * schedule.betas[1]))
 
 
-def q_posterior(schedule: Schedule, x0, x_t, t):
-    """(μ̃_t, log β̃_t) of q(x_{t−1}|x_t, x_0) for t ≥ 2: μ̃_t (N, D), log β̃_t (N, 1)."""
-    mean = schedule.at("posterior_mean_coef1", t, x0) * x0 + schedule.at("posterior_mean_coef2", t, x0) * x_t
-    return mean, schedule.at("posterior_log_var_clipped", t, x0)  # = log β̃_t for t ≥ 2
-
-
 class SohlDicksteinChain:
-    """The learned reverse chain: ``kernel(x_t, t)`` for t = 1..T (t = 1 is the fixed last step) and ``sample``.
+    """The learned reverse chain, a reverse process: ``kernel(x_t, t)`` for t = 1..T, t = 1 the fixed last step.
 
     model: a Denoiser with 2·D outputs (``make_model``), trained on standardised data; schedule: its β's.
+    Sample it with ``npdiff.sampling.sample`` (as everywhere in npdiff the last step adds no noise: x_0 is
+    the mean √α_1 x_1 of the fixed last step, whose noise, std √β_1 = 0.16 at T = 40, would blur thin data).
     """
 
     def __init__(self, model, schedule: Schedule) -> None:
-        if model.config["out_dim"] != 2 * model.config["data_dim"]:
-            raise ValueError("the Sohl-Dickstein chain needs a model with out_dim = 2·data_dim (mean and variance)")
-        self.model, self.schedule, self.T = model, schedule, schedule.T
+        check_out_dim(model, 2, "the Sohl-Dickstein chain (a mean and a variance per dimension)")
+        self.model, self.schedule = model, schedule
+        self.data_dim, self.dtype = int(model.config["data_dim"]), model.dtype
 
     def kernel(self, x_t, t):
         """(mean (N, D), log_var (N, D)) of p(x_{t−1}|x_t); rows with t = 1 get N(√α_1 x_1, β_1)."""
-        xp = backend.xp
-        x_t = x_t.astype(self.model.dtype, copy=False)
-        out = self.model.forward(x_t, t)
-        mean, log_var, _ = reverse_kernel(self.schedule, out, x_t, t)
-        first = backend.asarray(backend.to_numpy(t) == 1)[:, None]  # (N, 1)
-        if bool(first.any()):
-            mean = xp.where(first, self.schedule.at("alphas", 1, x_t) ** 0.5 * x_t, mean)
-            log_var = xp.where(first, xp.log(self.schedule.at("betas", 1, x_t)), log_var)
+        xp, schedule = backend.xp, self.schedule
+        x_t = x_t.astype(self.dtype, copy=False)
+        mean, log_var, _ = reverse_kernel(schedule, self.model.forward(x_t, t), x_t, t)
+        decoder = schedule.is_decoder(t)  # (N, 1)
+        if bool(decoder.any()):
+            mean = xp.where(decoder, schedule.at("alphas", DECODER_T, x_t) ** 0.5 * x_t, mean)
+            log_var = xp.where(decoder, xp.log(schedule.at("betas", DECODER_T, x_t)), log_var)
         return mean, log_var
-
-    def sample(self, n: int, rng, trajectory: bool = False, last_noise: bool = False):
-        """Run the chain from x_T ~ N(0, I) to x_0 (standardised coordinates). -> (n, D), or (T+1, n, D) when
-        ``trajectory`` (entry t is x_t). As everywhere in npdiff the last step adds no noise: x_0 is the mean
-        √α_1 x_1 of the fixed last step (its noise, std √β_1 = 0.16 at T = 40, would blur thin data);
-        ``last_noise=True`` draws x_0 from the model's p(x_0|x_1) instead."""
-        xp = backend.xp
-        d = self.model.config["data_dim"]
-        x = rng.standard_normal((n, d)).astype(self.model.dtype)
-        path = [x] if trajectory else None
-        for step in range(self.T, 0, -1):
-            mean, log_var = self.kernel(x, xp.full(n, step, dtype=np.int64))
-            noise = rng.standard_normal((n, d)).astype(self.model.dtype)
-            x = mean + xp.exp(0.5 * log_var) * noise if (step > 1 or last_noise) else mean
-            if trajectory:
-                path.append(x)
-        return xp.stack(path[::-1]) if trajectory else x
 
 
 class BoundObjective:
@@ -136,29 +116,36 @@ class BoundObjective:
     (N, D) may be given, which makes the loss deterministic for gradient checks.
     """
 
+    first_t = DECODER_T + 1  # t = 1 is the fixed last step: K's sum starts at t = 2
+
     def __init__(self, schedule: Schedule) -> None:
         if schedule.T < 2:
             raise ValueError("the bound K needs T >= 2 (t = 1 is the fixed last step)")
         self.schedule = schedule
         self.config = {"objective": "sohl_dickstein", "schedule": dict(schedule.config)}
 
+    def check_model(self, model) -> None:
+        check_out_dim(model, 2, "the Sohl-Dickstein bound (a mean and a variance per dimension)")
+
     def forward(self, model, x0, t, noise):
         """−K̂ per point (N,) and the cache for ``backward``."""
-        s = self.schedule
-        x_t = s.at("sqrt_alpha_bar", t, x0) * x0 + s.at("sqrt_one_minus_alpha_bar", t, x0) * noise  # q(x_t|x_0)
+        schedule = self.schedule
+        x_t = schedule.q_sample(x0, t, noise)
         out = model.forward(x_t, t)  # (N, 2D)
-        mean_p, log_var_p, kcache = reverse_kernel(s, out, x_t, t)
-        mean_q, log_var_q = q_posterior(s, x0, x_t, t)
+        mean_p, log_var_p, kcache = reverse_kernel(schedule, out, x_t, t)
+        mean_q, log_var_q = schedule.q_posterior(x0, x_t, t)
         kl = gaussian.kl(mean_q, log_var_q, mean_p, log_var_p).sum(axis=1)  # (N,) nats per point
-        per_point = (s.T - 1) * kl - entropy_constant(s, x0.shape[1])
+        per_point = (schedule.T - 1) * kl - entropy_constant(schedule, x0.shape[1])
         return per_point, (mean_q, log_var_q, mean_p, log_var_p, kcache)
 
     def loss(self, model, x0, rng=None, *, t=None, noise=None) -> float:
-        x0, t, noise = draw_inputs(self.schedule, model, x0, rng, t, noise, first=2)
+        self.check_model(model)
+        x0, t, noise = draw_inputs(self.schedule, model, x0, rng, t, noise, first=self.first_t)
         return float(self.forward(model, x0, t, noise)[0].mean())
 
     def loss_and_backward(self, model, x0, rng=None, *, t=None, noise=None) -> float:
-        x0, t, noise = draw_inputs(self.schedule, model, x0, rng, t, noise, first=2)
+        self.check_model(model)
+        x0, t, noise = draw_inputs(self.schedule, model, x0, rng, t, noise, first=self.first_t)
         per_point, (mean_q, log_var_q, mean_p, log_var_p, kcache) = self.forward(model, x0, t, noise)
         dkl = (self.schedule.T - 1) / x0.shape[0]  # dL/dKL_n for L = mean_n((T−1)·KL_n)
         dmean, dlog_var = gaussian.kl_backward(mean_q, log_var_q, mean_p, log_var_p, dkl)

@@ -42,6 +42,22 @@ def pytest_collection_modifyitems(config, items):
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def crosscheck_import(name: str):
+    """Import a cross-check package (torch, scipy.stats): skip the test without it, unless
+    NPDIFF_CROSSCHECK=1 (as .ci/run sets), where a missing package is a failure, not a skip."""
+    if os.environ.get("NPDIFF_CROSSCHECK") == "1":
+        import importlib
+
+        return importlib.import_module(name)
+    return pytest.importorskip(name)
+
+
+@pytest.fixture()
+def crosscheck():
+    """``crosscheck("torch")``: the package, or a skip (a failure under NPDIFF_CROSSCHECK=1)."""
+    return crosscheck_import
+
+
 @pytest.fixture()
 def run_demo(tmp_path):
     """Run ``demos/<name>`` in a fresh process, as a user runs it from a shell, with the repository on

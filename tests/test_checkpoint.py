@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 
 import numpy as np
 import pytest
 
-from npdiff import checkpoint, ddpm, train
+from npdiff import checkpoint, ddpm, fileio, train
 from npdiff.models import Denoiser
 from npdiff.optim import EMA, AdamW, cosine_lr
 from npdiff.schedules import Schedule
@@ -114,3 +115,103 @@ def test_resuming_reproduces_the_uninterrupted_run_exactly(tmp_path):
     np.testing.assert_array_equal(model.flat_params, full_model.flat_params)
     np.testing.assert_array_equal(ema.shadow, full_ema.shadow)
     assert resumed.loss == full.loss and resumed.lr == full.lr and resumed.grad_norm == full.grad_norm
+
+
+def write_checkpoint(path, info, arrays=None):
+    """A hand-made checkpoint: the given meta (any JSON) and arrays, as a user or a bug might write it."""
+    np.savez(path, format_version=np.array(checkpoint.FORMAT_VERSION), meta=np.array(json.dumps(info)),
+             **(arrays or {}))
+
+
+def good_info_and_arrays(tmp_path):
+    model, opt, ema, rng = trained()
+    checkpoint.save(tmp_path / "good.npz", model, optimizer=opt, ema=ema, step=5, rng=rng, schedule=Schedule(20))
+    ckpt = checkpoint.load(tmp_path / "good.npz")
+    return ckpt.info, {k.replace("/", "_SLASH_"): v for k, v in ckpt.arrays.items()}
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda info: [1, 2, 3], "a JSON list, not an object"),
+    (lambda info: "text", "a JSON str, not an object"),
+    (lambda info: {**info, "step": -1}, "'step' must be an integer >= 0"),
+    (lambda info: {**info, "step": "5"}, "'step' must be an integer"),
+    (lambda info: {**info, "model_config": None}, "no model configuration stored"),
+    (lambda info: {**info, "model_config": [1]}, "'model_config' must be an object"),
+    (lambda info: {**info, "model_config": {**info["model_config"], "colour": "red"}}, "cannot be built"),
+    (lambda info: {**info, "model_config": {**info["model_config"], "hidden": 10**9}}, "needs at least"),
+    (lambda info: {**info, "model_config": {**info["model_config"], "hidden": "wide"}}, "must be an integer"),
+    (lambda info: {**info, "model_config": {**info["model_config"], "dtype": "complex64"}}, "'dtype' must be"),
+    (lambda info: {**info, "schedule_config": {"T": 10**12, "name": "linear"}}, "expected an integer in 1"),
+    (lambda info: {**info, "schedule_config": {"T": 20, "name": "wiggly"}}, "schedule configuration cannot be built"),
+    (lambda info: {**info, "meta": 7}, "'meta' must be an object"),
+    (lambda info: {**info, "ema_decay": float("nan")}, "'ema_decay' must be a number in"),
+    (lambda info: {**info, "optimizer": {"steps": -3}}, "'optimizer' must be an object"),
+])
+def test_malformed_meta_is_refused_with_a_message_before_anything_is_built(tmp_path, change, message):
+    info, arrays = good_info_and_arrays(tmp_path)
+    path = tmp_path / "bad.npz"
+    with open(path, "wb") as f:
+        np.savez(f, format_version=np.array(1), meta=np.array(json.dumps(change(info))),
+                 **{k.replace("_SLASH_", "/"): v for k, v in arrays.items()})
+    with pytest.raises(ValueError, match=message) as err:
+        checkpoint.load_model(path)
+    assert "bad.npz" in str(err.value)
+
+
+def test_stored_arrays_of_the_wrong_kind_are_refused_before_the_model_is_touched(tmp_path):
+    model, opt, ema, rng = trained()
+    checkpoint.save(tmp_path / "good.npz", model, optimizer=opt, ema=ema, step=5, rng=rng)
+    arrays = dict(checkpoint.load(tmp_path / "good.npz").arrays)
+    info = checkpoint.load(tmp_path / "good.npz").info
+    target = model_of(seed=3)
+    before = target.flat_params.copy()
+    for key, value, message in [("param/out.W", np.full(arrays["param/out.W"].shape, "x"), "dtype <U1"),
+                                ("ema/shadow", np.zeros(3), "EMA weights have shape"),
+                                ("optimizer/m", np.zeros((2, 2)), "Adam moments have shape")]:
+        path = tmp_path / "bad.npz"
+        with open(path, "wb") as f:
+            np.savez(f, format_version=np.array(1), meta=np.array(json.dumps(info)), **{**arrays, key: value})
+        with pytest.raises(ValueError, match=message):
+            checkpoint.load(path).restore(target, optimizer=AdamW(target), ema=EMA(target, 0.9))
+        np.testing.assert_array_equal(target.flat_params, before)
+    with open(tmp_path / "rng.npz", "wb") as f:
+        bad_rng = {**info, "rng_state": {"bit_generator": "?"}}
+        np.savez(f, format_version=np.array(1), meta=np.array(json.dumps(bad_rng)), **arrays)
+    with pytest.raises(ValueError, match="random-generator state does not fit"):
+        checkpoint.load(tmp_path / "rng.npz").restore(target, rng=np.random.default_rng(0))
+    np.testing.assert_array_equal(target.flat_params, before)
+
+
+def test_a_folder_or_a_single_npy_is_named_for_what_it_is(tmp_path):
+    (tmp_path / "dir.npz").mkdir()
+    with pytest.raises(ValueError, match="is a folder"):
+        checkpoint.load(tmp_path / "dir.npz")
+    np.save(tmp_path / "points.npy", np.ones((3, 2)))
+    with pytest.raises(ValueError, match="not an .npz archive"):
+        checkpoint.load(tmp_path / "points.npy")
+
+
+def test_estimated_size_matches_the_written_file(tmp_path):
+    model, opt, ema, rng = trained()
+    big = Denoiser(2, hidden=256, n_blocks=3, emb_dim=64)
+    checkpoint.save(tmp_path / "big.npz", big, optimizer=AdamW(big), ema=EMA(big, 0.9))
+    estimate = checkpoint.estimate_bytes(big, optimizer=True, ema=True)
+    assert 0.97 < estimate / os.path.getsize(tmp_path / "big.npz") < 1.0  # the .npz adds headers only
+
+
+def test_a_full_disk_leaves_the_previous_checkpoint_and_no_temporary_file(tmp_path, monkeypatch):
+    model, opt, ema, rng = trained()
+    path = tmp_path / "c.npz"
+    checkpoint.save(path, model, step=1)
+    old = path.read_bytes()
+    real_open = fileio._open
+
+    def full_disk(file, mode):
+        f = real_open(file, mode)
+        f.write = lambda data: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device"))
+        return f
+
+    monkeypatch.setattr(fileio, "_open", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        checkpoint.save(path, model, optimizer=opt, step=2)
+    assert path.read_bytes() == old and os.listdir(tmp_path) == ["c.npz"]

@@ -1,11 +1,26 @@
-"""The command line: train on a user's .csv, sample in data coordinates, evaluate the bound; clear errors."""
+"""The command line end to end: data coordinates, every objective, .npy/.csv outputs, chunks, resume, signals.
+
+The error cases (one line, exit status, nothing changed) are walked in ``test_cli_errors.py``.
+"""
 
 from __future__ import annotations
+
+import os
+import resource
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from npdiff import checkpoint, cli
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--hidden", "8", "--n-blocks", "1", "--emb-dim", "8", "--coord-scale", "1"]
 
 
 @pytest.fixture()
@@ -19,29 +34,30 @@ def points_csv(tmp_path):
 
 # ε-models sample with the plain ancestral step, which the β_T ≈ 1 of a short Sohl-Dickstein schedule
 # would amplify 30-fold; the learned chain is made for that schedule.
-SCHEDULE = {"epsilon": ["--T", "200", "--schedule", "linear"],
+SCHEDULE = {"epsilon": ["--T", "200", "--schedule", "linear"], "hybrid": ["--T", "200", "--schedule", "linear"],
             "sohl_dickstein": ["--T", "20", "--schedule", "sohl_dickstein"]}
 
 
 def _train(tmp_path, csv, objective):
     ckpt = tmp_path / f"{objective}.npz"
     rc = cli.main(["train", str(csv), "--out", str(ckpt), "--objective", objective, *SCHEDULE[objective],
-                   "--steps", "1500", "--batch-size", "64", "--width", "32", "--blocks", "1", "--emb", "16",
+                   "--steps", "1500", "--batch-size", "64", "--hidden", "32", "--n-blocks", "1", "--emb-dim", "16",
                    "--coord-scale", "1", "--lr", "3e-3"])
     assert rc == 0
     return ckpt
 
 
-@pytest.mark.parametrize("objective", ["epsilon", "sohl_dickstein"])
+@pytest.mark.parametrize("objective", ["epsilon", "hybrid", "sohl_dickstein"])
 def test_train_sample_eval_round_trip_in_data_coordinates(tmp_path, points_csv, capsys, objective):
     csv, x = points_csv
     ckpt = _train(tmp_path, csv, objective)
     meta = checkpoint.load(ckpt).info["meta"]
     np.testing.assert_allclose(meta["data_mean"], x.mean(axis=0))
     np.testing.assert_allclose(meta["data_std"], x.std(axis=0))
+    assert meta["objective"] == objective
 
     out = tmp_path / "samples.npy"
-    assert cli.main(["sample", str(ckpt), "--out", str(out), "--n", "500"]) == 0
+    assert cli.main(["sample", str(ckpt), "--out", str(out), "--n", "500", "--chunk", "200"]) == 0
     samples = np.load(out)
     assert samples.shape == (500, 2)
     # samples come back in the data's coordinates: mean and spread close to the data's
@@ -49,19 +65,151 @@ def test_train_sample_eval_round_trip_in_data_coordinates(tmp_path, points_csv, 
     np.testing.assert_allclose(samples.std(axis=0), x.std(axis=0), rtol=0.35)
 
     capsys.readouterr()
-    assert cli.main(["eval", str(ckpt), str(csv), "--exact", "--n", "400"]) == 0
+    assert cli.main(["eval", str(ckpt), str(csv), "--exact", "--n", "400", "--chunk", "2000"]) == 0
     text = capsys.readouterr().out
     value = float(text.split("log-likelihood bound ")[1].split(" ")[0])
     # the data are Gaussian with entropy ½Σ log(2πe σ²) = 2.838 + log(4·2) nats; a bound sits below −H
     entropy = float(np.sum(0.5 * np.log(2 * np.pi * np.e * x.var(axis=0))))
     # Σ log std = log 8 = 2.08 nats separates data from standardised coordinates, so a missing or
-    # wrongly signed log-det lands above −H; the ε-model's bound is looser (its t = 1 decoder is sharp)
-    slack = {"epsilon": 2.5, "sohl_dickstein": 1.0}[objective]
+    # wrongly signed log-det lands above −H; the ε-models' bounds are looser (their t = 1 decoder is sharp)
+    slack = {"epsilon": 2.5, "hybrid": 2.5, "sohl_dickstein": 1.0}[objective]
     assert -entropy - slack < value < -entropy + 0.1
 
 
-def test_errors_are_one_line_messages_not_tracebacks(tmp_path, capsys):
-    assert cli.main(["eval", str(tmp_path / "missing.npz"), "8gaussians"]) == 1
-    assert "no checkpoint at" in capsys.readouterr().err
-    assert cli.main(["train", "no_such_set", "--out", str(tmp_path / "m.npz")]) == 1
-    assert "neither a file nor a toy set" in capsys.readouterr().err
+@pytest.fixture(scope="module")
+def small_model(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("small")
+    path = folder / "m.npz"
+    assert cli.main(["train", "8gaussians", "--out", str(path), "--T", "50", "--steps", "200", *TINY]) == 0
+    return path
+
+
+def test_npy_and_csv_outputs_hold_the_same_numbers_and_are_named_as_asked(tmp_path, small_model):
+    for name in ("s.npy", "s.csv"):
+        assert cli.main(["sample", str(small_model), "--out", str(tmp_path / name), "--n", "300",
+                         "--chunk", "64", "--seed", "3"]) == 0
+    assert sorted(os.listdir(tmp_path)) == ["s.csv", "s.npy"]  # no s.csv.npy
+    from npdiff.data import load_points
+    np.testing.assert_array_equal(load_points(tmp_path / "s.csv"), np.load(tmp_path / "s.npy"))
+
+
+def test_a_single_chunk_draws_what_the_library_sampler_draws(tmp_path, small_model):
+    from npdiff import backend, sampling
+    from npdiff.ddpm import EpsilonChain
+
+    assert cli.main(["sample", str(small_model), "--out", str(tmp_path / "one.npy"), "--n", "50"]) == 0
+    model, schedule = checkpoint.load_model(small_model)
+    meta = checkpoint.load(small_model).info["meta"]
+    z = backend.to_numpy(sampling.sample(EpsilonChain(model, schedule), 50, backend.default_rng(0)))
+    np.testing.assert_allclose(np.load(tmp_path / "one.npy"), z * meta["data_std"] + np.array(meta["data_mean"]),
+                               rtol=1e-12)
+
+
+def test_eval_streams_chunks_into_one_mean_and_standard_error(tmp_path, small_model, capsys):
+    def bound(*extra):
+        capsys.readouterr()
+        assert cli.main(["eval", str(small_model), "8gaussians", "--n", "600", *extra]) == 0
+        line = capsys.readouterr().out.splitlines()[0]
+        return float(line.split("K = ")[1].split(" ")[0]), float(line.split(" ± ")[1].split(" ")[0])
+
+    whole, se = bound("--chunk", "100000")
+    chunked, se_chunked = bound("--chunk", "40")  # 10 points (40 rows of 4 draws of t) per chunk
+    assert abs(whole - chunked) < 4 * se and 0.7 < se_chunked / se < 1.4
+
+
+def test_resume_reports_the_steps_it_ran_and_force_replaces(tmp_path, capsys):
+    path = str(tmp_path / "m.npz")
+    base = ["train", "moons", "--out", path, "--T", "50", *TINY, "--checkpoint-every", "20"]
+    assert cli.main([*base, "--steps", "60"]) == 0
+    assert "trained 60 steps (steps 1–60)" in capsys.readouterr().out
+    assert cli.main([*base, "--steps", "100", "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert "resuming" in out and "trained 40 steps (steps 61–100)" in out
+    assert checkpoint.load(path).step == 100
+    assert cli.main([*base, "--steps", "100", "--resume"]) == 0
+    assert "nothing to train" in capsys.readouterr().out
+    assert cli.main([*base, "--steps", "30", "--force"]) == 0
+    assert checkpoint.load(path).step == 30
+
+
+def _env():
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    env.pop("NPDIFF_BACKEND", None)
+    return env
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_during_train_saves_the_step_and_the_printed_command_resumes_exactly(tmp_path, signum):
+    args = ["8gaussians", "--T", "50", *TINY, "--steps", "3000", "--checkpoint-every", "200", "--batch-size", "32"]
+    full = str(tmp_path / "full.npz")
+    assert cli.main(["train", *args, "--out", full]) == 0
+    path = tmp_path / "run.npz"
+    proc = subprocess.Popen([sys.executable, "-m", "npdiff", "train", *args, "--out", str(path)], cwd=tmp_path,
+                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not path.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=60)
+    if proc.returncode == 0:
+        pytest.skip("training finished before the signal arrived")
+    assert proc.returncode == 128 + signum, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    step = checkpoint.load(path).step
+    assert f"after step {step} of 3000; checkpoint of step {step} written" in err
+    command = shlex.split(err.split("continue with: ")[1])
+    assert command[:2] == ["npdiff", "train"] and command[-1] == "--resume"
+    resumed = subprocess.run([sys.executable, "-m", "npdiff", *command[1:]], cwd=tmp_path, env=_env(),
+                             capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"trained {3000 - step} steps (steps {step + 1}–3000)" in resumed.stdout
+    a, b = checkpoint.load(full), checkpoint.load(path)
+    for key in a.arrays:
+        if key.startswith(("param/", "optimizer/", "history/")):
+            np.testing.assert_array_equal(a.arrays[key], b.arrays[key], err_msg=key)
+
+
+def test_a_real_failed_write_keeps_the_previous_samples(tmp_path, small_model):
+    """The file-size limit makes the write fail for real (EFBIG) half way through the samples."""
+    out = tmp_path / "s.npy"
+    assert cli.main(["sample", str(small_model), "--out", str(out), "--n", "100"]) == 0
+    good = out.read_bytes()
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # get EFBIG from write() instead of being killed
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+
+    failed = subprocess.run([sys.executable, "-m", "npdiff", "sample", str(small_model), "--out", str(out),
+                             "--n", "5000", "--chunk", "500"], env=_env(), capture_output=True, text=True,
+                            preexec_fn=limit, timeout=120)
+    assert failed.returncode == 1, failed.stderr
+    assert len(failed.stderr.strip().splitlines()) == 1 and "Traceback" not in failed.stderr
+    assert "File too large" in failed.stderr and "unchanged" in failed.stderr
+    assert out.read_bytes() == good and os.listdir(tmp_path) == ["s.npy"]
+
+
+def test_python_m_npdiff_help_and_a_bad_flag(tmp_path):
+    ok = subprocess.run([sys.executable, "-m", "npdiff", "sample", "--help"], env=_env(), capture_output=True,
+                        text=True, timeout=60)
+    assert ok.returncode == 0 and "--chunk" in ok.stdout
+    bad = subprocess.run([sys.executable, "-m", "npdiff", "sample", "m.npz", "--out", "s.npy", "--n", "lots"],
+                         env=_env(), capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1
+    assert "argument --n: expected an integer, got 'lots'" in bad.stderr
+
+
+def test_sample_and_eval_ask_the_library_for_at_most_a_chunk_and_see_every_point_once(tmp_path, small_model,
+                                                                                     monkeypatch):
+    from npdiff import cli_sample, data
+
+    seen = {"draw": [], "bound": []}
+    draw, bound = cli_sample._draw_chunk, cli_sample._bound_chunk
+    monkeypatch.setattr(cli_sample, "_draw_chunk", lambda *a: seen["draw"].append(a[-2]) or draw(*a))
+    monkeypatch.setattr(cli_sample, "_bound_chunk", lambda *a: seen["bound"].append(a[-3]) or bound(*a))
+    assert cli.main(["sample", str(small_model), "--out", str(tmp_path / "s.npy"), "--n", "1000", "--chunk", "64"]) == 0
+    assert seen["draw"] == [64] * 15 + [40]
+    assert cli.main(["eval", str(small_model), "moons", "--n", "50", "--n-t", "4", "--chunk", "12"]) == 0
+    assert [len(z) for z in seen["bound"]] == [3] * 16 + [2]  # 12 rows = 3 points × 4 draws of t
+    meta = checkpoint.load(small_model).info["meta"]
+    held_out = data.make("moons", 50, np.random.default_rng(1))  # drawn whole, not 3 points at a time
+    np.testing.assert_allclose(np.concatenate(seen["bound"]), (held_out - meta["data_mean"]) / meta["data_std"])

@@ -178,8 +178,45 @@ def test_load_points_errors(tmp_path):
     with pytest.raises(ValueError, match="holds no points"):
         data.load_points(tmp_path / "header_only.csv")
     np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object))
-    with pytest.raises(ValueError, match="not hold a plain numeric array"):
+    with pytest.raises(ValueError, match="holds Python objects"):
         data.load_points(tmp_path / "obj.npy")
     (tmp_path / "ragged.csv").write_text("1,2\n3\n")
     with pytest.raises(ValueError, match="not a comma-separated table"):
         data.load_points(tmp_path / "ragged.csv")
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("text.npy", b"1,2\n3,4\n", "not a .npy file"),
+    ("random.npy", bytes(range(7, 200)), "not a .npy file"),
+    ("empty.npy", b"", "not a .npy file"),
+    ("truncated.npy", None, "damaged or truncated"),
+    ("archive.npy", None, "an .npz archive"),
+    ("binary.csv", b"\xff\xfe\x00\x01garbage", "not a UTF-8 text file"),
+])
+def test_load_points_names_what_the_bytes_are(tmp_path, name, content, message):
+    path = tmp_path / name
+    if name == "truncated.npy":
+        np.save(path, np.ones((100, 2)))
+        path.write_bytes(path.read_bytes()[:300])
+    elif name == "archive.npy":
+        with open(path, "wb") as f:
+            np.savez(f, x=np.ones((3, 2)))
+    else:
+        path.write_bytes(content)
+    with pytest.raises(ValueError, match=message) as err:
+        data.load_points(path)
+    assert name in str(err.value)
+
+
+def test_load_points_refuses_complex_and_folders_and_overflow(tmp_path):
+    np.save(tmp_path / "c.npy", np.ones((4, 2)) + 1j)
+    with pytest.raises(ValueError, match="complex numbers"):  # astype(float64) would drop the imaginary part
+        data.load_points(tmp_path / "c.npy")
+    (tmp_path / "dir.npy").mkdir()
+    with pytest.raises(ValueError, match="is a folder"):
+        data.load_points(tmp_path / "dir.npy")
+    np.save(tmp_path / "s.npy", np.array([["a", "b"]]))
+    with pytest.raises(ValueError, match="does not hold numbers"):
+        data.load_points(tmp_path / "s.npy")
+    np.save(tmp_path / "b.npy", np.array([[True, False], [False, True]]))
+    np.testing.assert_array_equal(data.load_points(tmp_path / "b.npy"), [[1.0, 0.0], [0.0, 1.0]])

@@ -1,11 +1,11 @@
-"""DDPM: the forward process, the ε loss and its gradient, and the samplers against an analytic ε-oracle."""
+"""DDPM: the forward process, the ε loss and its gradient, the ε objective's checks and the ε-model chain."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from npdiff import ddpm
+from npdiff import ddpm, sampling
 from npdiff.gradcheck import check, rel_error, worst
 from npdiff.models import Denoiser
 from npdiff.schedules import Schedule
@@ -41,11 +41,23 @@ def test_q_sample_is_the_closed_form():
     rng = np.random.default_rng(0)
     x0, eps = rng.standard_normal((5, 2)), rng.standard_normal((5, 2))
     t = np.array([0, 1, 17, 99, 100])
-    xt = ddpm.q_sample(s, x0, t, eps)
+    x_t = s.q_sample(x0, t, eps)
     a = s.alpha_bar[t][:, None]
-    np.testing.assert_allclose(xt, np.sqrt(a) * x0 + np.sqrt(1 - a) * eps, rtol=1e-14)
-    np.testing.assert_array_equal(xt[0], x0[0])  # t = 0 is the data itself
-    np.testing.assert_allclose(ddpm.predict_x0(s, xt, t, eps), x0, atol=1e-12)  # x̂_0 inverts q_sample
+    np.testing.assert_allclose(x_t, np.sqrt(a) * x0 + np.sqrt(1 - a) * eps, rtol=1e-14)
+    np.testing.assert_array_equal(x_t[0], x0[0])  # t = 0 is the data itself
+    np.testing.assert_allclose(s.predict_x0(x_t, t, eps), x0, atol=1e-12)  # x̂_0 inverts q_sample
+    np.testing.assert_allclose(s.eps_from_x0(x_t[1:], t[1:], x0[1:]), eps[1:], atol=1e-10)  # and ε back
+
+
+def test_posterior_mean_from_eps_is_the_posterior_mean_of_x0_hat():
+    s = Schedule(100)
+    rng = np.random.default_rng(5)
+    x_t, eps, t = rng.standard_normal((5, 2)), rng.standard_normal((5, 2)), np.array([1, 2, 17, 99, 100])
+    direct = s.posterior_mean_from_eps(x_t, t, eps)
+    via_x0 = s.q_posterior(s.predict_x0(x_t, t, eps), x_t, t)[0]
+    np.testing.assert_allclose(direct, via_x0, rtol=1e-10, atol=1e-12)
+    b, ab = s.betas[t][:, None], s.alpha_bar[t][:, None]
+    np.testing.assert_allclose(direct, (x_t - b / np.sqrt(1 - ab) * eps) / np.sqrt(1 - b), rtol=1e-13)
 
 
 def test_epsilon_loss_gradient_matches_finite_differences():
@@ -81,119 +93,100 @@ def test_objective_adds_into_grads_and_draws_with_the_rng():
     assert rel_error(model.flat_grads, 2 * g1) < 1e-14
 
 
-@pytest.mark.parametrize("variance", ["fixed_small", "fixed_large"])
-def test_ancestral_sampler_reproduces_gaussian_data_with_the_exact_eps(variance):
-    s = Schedule(1000)  # Ho et al.'s schedule: ᾱ_T = 4e-5, so starting from N(0, I) is exact enough
-    x = ddpm.ancestral_sample(ddpm.GaussianEpsilon(s, MEAN, COV), s, 10_000, np.random.default_rng(0),
-                              variance=variance, dtype="float64")
-    gaussian_stats_close(x)
+def test_objective_refuses_a_model_of_the_wrong_width_and_a_missing_rng():
+    s = Schedule(10)
+    wide = Denoiser(1, out_dim=2, hidden=4, n_blocks=0, emb_dim=4, dtype="float64")  # D = 1, 2 outputs
+    with pytest.raises(ValueError, match="D outputs"):
+        ddpm.EpsilonObjective(s).loss_and_backward(wide, np.zeros((4, 1)), np.random.default_rng(0))
+    with pytest.raises(ValueError, match="rng"):
+        ddpm.EpsilonObjective(s).loss(tiny_model(), np.zeros((4, 2)))
 
 
-def test_ddim_sampler_reproduces_gaussian_data_with_the_exact_eps():
-    s = Schedule(1000)
-    x = ddpm.ddim_sample(ddpm.GaussianEpsilon(s, MEAN, COV), s, 10_000, np.random.default_rng(0), dtype="float64")
-    gaussian_stats_close(x)
+def test_epsilon_chain_validates_its_model_and_options():
+    s = Schedule(10)
+    with pytest.raises(ValueError, match="2·D outputs"):
+        ddpm.EpsilonChain(tiny_model(), s, "learned_range")
+    with pytest.raises(ValueError, match="variance"):
+        ddpm.EpsilonChain(tiny_model(), s, "learned")
+    with pytest.raises(ValueError, match="lo < hi"):
+        ddpm.EpsilonChain(tiny_model(), s, clip_x0=(0.0, 0.0))
+    with pytest.raises(ValueError, match="D outputs"):
+        ddpm.EpsilonChain(Denoiser(2, out_dim=3, hidden=4, n_blocks=0, emb_dim=4), s)
 
 
-def test_ddim_eta0_is_deterministic_and_matches_its_closed_form_map():
-    """For 1-D N(0, v) data each η = 0 step is x_s = x_t (√(ᾱ_tᾱ_s) v + √((1−ᾱ_t)(1−ᾱ_s)))/(ᾱ_t v + 1 − ᾱ_t)."""
-    s, v = Schedule(200, "linear", scale_to_T=True), 0.3
-    oracle = ddpm.GaussianEpsilon(s, [0.0], [[v]])
-    x_T = np.linspace(-2, 2, 5)[:, None]
-    a = ddpm.ddim_sample(oracle, s, 5, np.random.default_rng(0), n_steps=20, x_T=x_T, dtype="float64")
-    b = ddpm.ddim_sample(oracle, s, 5, np.random.default_rng(1), n_steps=20, x_T=x_T, dtype="float64")
-    np.testing.assert_array_equal(a, b)  # no randomness once x_T is fixed
-    ts = s.reverse_t(20)
-    slope = 1.0
-    for t, u in zip(ts, ts[1:] + [0]):
-        at, au = s.alpha_bar[t], s.alpha_bar[u]
-        slope *= (np.sqrt(at * au) * v + np.sqrt((1 - at) * (1 - au))) / (at * v + 1 - at)
-    np.testing.assert_allclose(a, slope * x_T, rtol=1e-10)
-
-
-def test_ddim_with_eta1_over_all_steps_is_the_ancestral_sampler():
-    s = Schedule(100, "linear", scale_to_T=True)
-    oracle = ddpm.GaussianEpsilon(s, MEAN, COV)
-    a = ddpm.ancestral_sample(oracle, s, 50, np.random.default_rng(4), variance="fixed_small", dtype="float64")
-    b = ddpm.ddim_sample(oracle, s, 50, np.random.default_rng(4), eta=1.0, dtype="float64")
-    np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
-
-
-class CountingRng:
-    """A generator that counts the noise draws of a sampler."""
-
-    def __init__(self, seed):
-        self.rng, self.draws = np.random.default_rng(seed), 0
-
-    def standard_normal(self, shape, dtype=None):
-        self.draws += 1
-        return self.rng.standard_normal(shape, dtype=dtype)
-
-
-def test_ancestral_sampler_adds_no_noise_at_the_last_step_and_records_the_chain():
-    s = Schedule(30)
-    oracle, rng = ddpm.GaussianEpsilon(s, MEAN, COV), CountingRng(0)
-    x_T = np.random.default_rng(1).standard_normal((4, 2))
-    x0, ts, xs = ddpm.ancestral_sample(oracle, s, 4, rng, x_T=x_T, record=True, dtype="float64")
-    assert rng.draws == 29  # t = 30..2 draw z; t = 1 does not
-    assert list(ts) == list(range(30, -1, -1)) and xs.shape == (31, 4, 2)
-    np.testing.assert_array_equal(xs[0], x_T)
-    np.testing.assert_array_equal(xs[-1], x0)
-
-
-def test_samplers_keep_the_model_dtype():
+def test_learned_range_model_samples_and_its_fixed_variances_ignore_the_variance_half():
+    """The ε-model with learned-range variance samples (it used to fail on broadcasting), and its output
+    o = ±1 is exactly the fixed_large / fixed_small chain of the same mean."""
     s = Schedule(20)
-    model = tiny_model("float32")
-    for sampler in ("ancestral", "ddim"):
-        x = ddpm.sample(model, s, 7, np.random.default_rng(0), sampler=sampler)
-        assert x.dtype == np.float32 and x.shape == (7, 2)
+    model = Denoiser(2, out_dim=4, hidden=8, n_blocks=1, emb_dim=8, dtype="float64", seed=3)
+    x = sampling.sample(ddpm.EpsilonChain(model, s, "learned_range"), 6, np.random.default_rng(0))
+    assert x.shape == (6, 2) and np.all(np.isfinite(x))
+    rng = np.random.default_rng(1)
+    x_t, t = rng.standard_normal((5, 2)), np.array([1, 2, 7, 19, 20])
+    for o, fixed in ((1.0, "fixed_large"), (-1.0, "fixed_small")):
+        model.out.params["W"][:, 2:] = 0
+        model.out.params["b"][2:] = o
+        mean, log_var = ddpm.EpsilonChain(model, s, "learned_range").kernel(x_t, t)
+        mean_f, log_var_f = ddpm.EpsilonChain(model, s, fixed).kernel(x_t, t)
+        np.testing.assert_allclose(mean, mean_f, rtol=1e-14)
+        np.testing.assert_allclose(log_var, log_var_f, rtol=1e-12)
 
 
-class EpsErrorAtT(ddpm.GaussianEpsilon):
-    """The exact ε plus an error δ at t = T only, as a network that is slightly wrong there."""
+def test_v_parameterisation_inverts_exactly():
+    s, rng = Schedule(100, "cosine"), np.random.default_rng(6)
+    x0, noise, t = rng.standard_normal((6, 3)), rng.standard_normal((6, 3)), np.array([1, 2, 30, 70, 99, 100])
+    x_t, v = s.q_sample(x0, t, noise), s.v_target(x0, t, noise)
+    np.testing.assert_allclose(s.eps_from_v(x_t, t, v), noise, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(s.x0_from_v(x_t, t, v), x0, rtol=1e-12, atol=1e-12)
 
-    def __init__(self, schedule, delta):
-        super().__init__(schedule, MEAN, COV)
-        self.delta = delta
+
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+def test_min_snr_weighting_is_the_same_x0_error_for_every_prediction(prediction):
+    """Hang et al.'s weights make min(SNR_t, γ)·(x̂_0 − x_0)² whatever the network predicts: feed each
+    parameterisation the prediction that corresponds to one x̂_0 and the three losses agree."""
+    s, rng, gamma = Schedule(50), np.random.default_rng(7), 5.0
+    x0, noise, t = rng.standard_normal((8, 2)), rng.standard_normal((8, 2)), rng.integers(1, 51, 8)
+    x_t = s.q_sample(x0, t, noise)
+    x0_hat = x0 + 0.3 * rng.standard_normal((8, 2))  # some imperfect prediction of x_0
+    f_theta = {"x0": x0_hat, "eps": s.eps_from_x0(x_t, t, x0_hat),
+               "v": s.at("sqrt_alpha_bar", t, x_t) * s.eps_from_x0(x_t, t, x0_hat)
+               - s.at("sqrt_one_minus_alpha_bar", t, x_t) * x0_hat}[prediction]
+    loss, _ = ddpm.EpsilonObjective(s, prediction, min_snr_gamma=gamma)._loss(f_theta, x0, t, noise)
+    expected = (np.minimum(s.snr[t], gamma)[:, None] * (x0_hat - x0) ** 2).mean()
+    assert loss == pytest.approx(expected, rel=1e-10)
+
+
+@pytest.mark.parametrize("prediction, gamma", [("x0", None), ("v", None), ("v", 5.0), ("eps", 5.0)])
+def test_every_prediction_and_weighting_has_the_right_gradient(prediction, gamma):
+    s = Schedule(100)
+    model, obj = tiny_model(), ddpm.EpsilonObjective(s, prediction, min_snr_gamma=gamma)
+    rng = np.random.default_rng(8)
+    x0, noise, t = rng.standard_normal((6, 2)), rng.standard_normal((6, 2)), np.array([1, 5, 30, 60, 99, 100])
+    model.zero_grad()
+    obj.loss_and_backward(model, x0, t=t, noise=noise)
+    analytic = {k: g.copy() for k, g in model.gradients().items()}
+    assert worst(check(lambda: obj.loss(model, x0, t=t, noise=noise), model.parameters(), analytic)) < 1e-6
+
+
+class OracleAs:
+    """The exact ε of Gaussian data, re-expressed as an x_0 or a v prediction."""
+
+    def __init__(self, schedule, prediction):
+        from npdiff.oracles import GaussianEpsilon
+
+        self.eps, self.schedule, self.prediction = GaussianEpsilon(schedule, MEAN, COV), schedule, prediction
+        self.data_dim, self.dtype = 2, np.dtype("float64")
 
     def forward(self, x_t, t):
-        return super().forward(x_t, t) + np.where(np.asarray(t)[:, None] == self.schedule.T, self.delta, 0.0)
+        eps, s = self.eps.forward(x_t, t), self.schedule
+        x0_hat = s.predict_x0(x_t, t, eps)
+        return x0_hat if self.prediction == "x0" else s.at("sqrt_alpha_bar", t, x_t) * eps - \
+            s.at("sqrt_one_minus_alpha_bar", t, x_t) * x0_hat
 
 
-def test_cosine_schedule_first_step_is_refused_unclipped_and_bounded_when_x0_is_clipped():
-    s = Schedule(200, "cosine")  # β_T = 0.999: the ancestral step at t = T amplifies ε errors 31.6×
-    assert ddpm.ancestral_gain(s, 200) == pytest.approx(31.6, abs=0.05)
-    oracle = EpsErrorAtT(s, 0.1)
-    with pytest.raises(ValueError, match="clip_x0"):
-        ddpm.ancestral_sample(oracle, s, 10, np.random.default_rng(0))
-    with pytest.raises(ValueError, match="clip_x0"):
-        ddpm.ddim_sample(oracle, s, 10, np.random.default_rng(0))
-    x_T = np.random.default_rng(1).standard_normal((10_000, 2))
-    runs = {clip: ddpm.ancestral_sample(oracle, s, 10_000, np.random.default_rng(2), x_T=x_T, clip_x0=clip,
-                                        max_gain=None, record=True, dtype="float64") for clip in (None, (-3.0, 3.0))}
-    rms = {clip: np.sqrt((xs[1] ** 2).mean()) for clip, (_, _, xs) in runs.items()}  # x_{T−1}, after one step
-    assert rms[None] > 3.0  # x_{T−1} should be ≈ N(0, I); the plain step moves it by 31.6 × 0.1
-    assert rms[(-3.0, 3.0)] < 1.1
-    gaussian_stats_close(runs[(-3.0, 3.0)][0])  # and the clipped chain still reproduces the data
-    x = ddpm.ddim_sample(oracle, s, 10_000, np.random.default_rng(3), clip_x0=(-3.0, 3.0), dtype="float64")
-    gaussian_stats_close(x, cov_tol=0.05)
-
-
-def test_invalid_sampler_settings_raise():
-    s, oracle = Schedule(10), ddpm.GaussianEpsilon(Schedule(10), MEAN, COV)
-    with pytest.raises(ValueError, match="variance"):
-        ddpm.ancestral_sample(oracle, s, 3, np.random.default_rng(0), variance="learned")
-    with pytest.raises(ValueError, match="eta"):
-        ddpm.ddim_sample(oracle, s, 3, np.random.default_rng(0), eta=1.5)
-    with pytest.raises(ValueError, match="sampler"):
-        ddpm.sample(oracle, s, 3, np.random.default_rng(0), sampler="euler")
-
-
-def test_a_non_finite_sample_is_reported_with_its_step():
-    class Broken(ddpm.GaussianEpsilon):
-        def forward(self, x_t, t):
-            return np.full_like(x_t, np.nan) if t[0] == 7 else super().forward(x_t, t)
-
-    s = Schedule(10)
-    with pytest.raises(FloatingPointError, match="t=7"):
-        ddpm.ancestral_sample(Broken(s, MEAN, COV), s, 3, np.random.default_rng(0), dtype="float64")
+@pytest.mark.parametrize("prediction, sampler", [("x0", "ancestral"), ("x0", "ddim"), ("v", "ddim"), ("v", "ancestral")])
+def test_x0_and_v_predictions_sample_the_data_through_the_same_chain(prediction, sampler):
+    s = Schedule(1000)
+    chain = ddpm.EpsilonChain(OracleAs(s, prediction), s, prediction=prediction)
+    x = sampling.sample(chain, 6000, np.random.default_rng(0), sampler=sampler)
+    assert np.abs(x.mean(axis=0) - MEAN).max() < 0.04 and np.abs(np.cov(x.T) - COV).max() < 0.04  # ≈ 4 SE

@@ -78,7 +78,7 @@ class TanhWithDoubledInputGradient(Tanh):
 
 class LinearForgettingBias(Linear):
     def backward(self, dy):
-        x = self._cached()
+        x = self.take_cache()
         self.grads["W"] += x.T @ dy
         return dy @ self.params["W"].T
 

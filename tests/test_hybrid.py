@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from npdiff import gradcheck, hybrid, likelihood
+from npdiff import ddpm, gradcheck, hybrid, likelihood
 from npdiff.models import Denoiser
 from npdiff.schedules import Schedule
 
@@ -11,8 +11,8 @@ from npdiff.schedules import Schedule
 def test_learned_range_endpoints_are_beta_and_clipped_beta_tilde():
     s = Schedule(50, "linear")
     t = np.array([1, 2, 25, 50])
-    hi, _ = hybrid.learned_range_log_var(s, np.ones((4, 3)), t)
-    lo, _ = hybrid.learned_range_log_var(s, -np.ones((4, 3)), t)
+    hi, _ = ddpm.learned_range_log_var(s, np.ones((4, 3)), t)
+    lo, _ = ddpm.learned_range_log_var(s, -np.ones((4, 3)), t)
     np.testing.assert_allclose(hi, np.broadcast_to(np.log(s.betas[t])[:, None], (4, 3)), rtol=1e-13)
     np.testing.assert_allclose(lo, np.broadcast_to(s.posterior_log_var_clipped[t][:, None], (4, 3)), rtol=1e-13)
 
@@ -21,9 +21,9 @@ def test_learned_range_backward_matches_finite_differences():
     rng = np.random.default_rng(0)
     s = Schedule(30, "cosine")
     o, t, dy = rng.standard_normal((6, 2)), rng.integers(1, 31, size=6), rng.standard_normal((6, 2))
-    _, cache = hybrid.learned_range_log_var(s, o, t)
-    report = gradcheck.check(lambda: float((hybrid.learned_range_log_var(s, o, t)[0] * dy).sum()),
-                             {"o": o}, {"o": hybrid.learned_range_log_var_backward(cache, dy)})
+    _, cache = ddpm.learned_range_log_var(s, o, t)
+    report = gradcheck.check(lambda: float((ddpm.learned_range_log_var(s, o, t)[0] * dy).sum()),
+                             {"o": o}, {"o": ddpm.learned_range_log_var_backward(cache, dy)})
     assert report["o"]["rel_error"] < 1e-7
 
 
@@ -56,7 +56,7 @@ def test_vlb_term_matches_the_likelihood_decomposition():
     s, model, x0, noise, t = _setup(2)
     obj = hybrid.HybridObjective(s)
     obj.loss_and_backward(model, x0, t=t, noise=noise)
-    terms = likelihood.bound_terms(likelihood.EpsilonChain(model, s, "learned_range"), x0, t, noise)
+    terms = likelihood.bound_terms(ddpm.EpsilonChain(model, s, "learned_range"), x0, t, noise)
     assert obj.last_vlb == pytest.approx(s.T * float(terms.mean()), rel=1e-12)
     d = x0.shape[1]
     assert obj.loss(model, x0, t=t, noise=noise) == pytest.approx(

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from npdiff import ddpm, likelihood, sohl_dickstein as sd
+from npdiff import ddpm, likelihood, oracles, sohl_dickstein as sd
 from npdiff.schedules import Schedule
 
 LOG_2PIE_HALF = 0.5 * math.log(2 * math.pi * math.e)  # 1.418939 nats per dim
@@ -15,7 +15,7 @@ LOG_2PIE_HALF = 0.5 * math.log(2 * math.pi * math.e)  # 1.418939 nats per dim
 def test_exact_decomposition_oracle_standard_normal(T, name, n):
     """x_0 ~ N(0, I), exact kernel N(√α_t x_t, β_t): L_T + Σ L_{t−1} + L_0 = −½ log(2πe) per dim, within 3 SE."""
     rng = np.random.default_rng(T)
-    bound = likelihood.exact_bound(likelihood.GaussianOracle(Schedule(T, name)), rng.standard_normal((n, 2)), rng)
+    bound = likelihood.exact_bound(oracles.GaussianOracle(Schedule(T, name)), rng.standard_normal((n, 2)), rng)
     assert abs(bound.nats / 2 + LOG_2PIE_HALF) < 3 * bound.se / 2
     assert bound.se / 2 < 0.06
 
@@ -32,7 +32,7 @@ def test_exact_decomposition_of_the_sohl_dickstein_chain_at_its_oracle(T):
 
 def test_monte_carlo_oracle_at_T1000_with_importance_sampling():
     rng = np.random.default_rng(7)
-    oracle = likelihood.GaussianOracle(Schedule(1000, "linear"))
+    oracle = oracles.GaussianOracle(Schedule(1000, "linear"))
     probs = likelihood.importance_probs(oracle, rng.standard_normal((32, 2)), rng)
     bound = likelihood.mc_bound(oracle, rng.standard_normal((20000, 2)), rng, n_t=2, t_probs=probs)
     assert abs(bound.nats / 2 + LOG_2PIE_HALF) < 3 * bound.se / 2
@@ -44,7 +44,7 @@ def test_scaled_gaussian_oracle(T, name, kwargs):
     """x_0 ~ N(0, s² I): −½ log(2πe s²) − KL(N(0, v_T) ‖ N(0, 1)) per dim (T = 40 linear: ᾱ_T ≈ 0.67, KL ≈ 0.1)."""
     rng = np.random.default_rng(11)
     s2, s = 0.25, Schedule(T, name, **kwargs)
-    oracle = likelihood.GaussianOracle(s, s2)
+    oracle = oracles.GaussianOracle(s, s2)
     x0 = math.sqrt(s2) * rng.standard_normal((2000 if T == 40 else 300, 2))
     bound = likelihood.exact_bound(oracle, x0, rng)
     want = -0.5 * math.log(2 * math.pi * math.e * s2) - s.prior_kl(s2)
@@ -57,11 +57,11 @@ def test_epsilon_chain_with_exact_eps_and_fixed_large_variance_is_tight():
     """ε-model adapter: the exact ε of N(0, I) data with σ_t² = β_t is the exact reverse kernel."""
     rng = np.random.default_rng(12)
     s = Schedule(40, "sohl_dickstein")
-    eps_oracle = ddpm.GaussianEpsilon(s, np.zeros(2), np.eye(2))
+    eps_oracle = oracles.GaussianEpsilon(s, np.zeros(2), np.eye(2))
     x0 = rng.standard_normal((2000, 2))
-    large = likelihood.exact_bound(likelihood.EpsilonChain(eps_oracle, s, "fixed_large"), x0, rng)
+    large = likelihood.exact_bound(ddpm.EpsilonChain(eps_oracle, s, "fixed_large"), x0, rng)
     assert abs(large.nats / 2 + LOG_2PIE_HALF) < 3 * large.se / 2
-    small = likelihood.exact_bound(likelihood.EpsilonChain(eps_oracle, s, "fixed_small"), x0, rng)
+    small = likelihood.exact_bound(ddpm.EpsilonChain(eps_oracle, s, "fixed_small"), x0, rng)
     assert small.nats < large.nats - 3 * math.hypot(small.se, large.se)  # β̃ is not the true variance here
 
 
@@ -90,6 +90,6 @@ def test_units_and_data_coordinates():
 
 
 def test_rejects_bad_importance_probabilities():
-    oracle = likelihood.GaussianOracle(Schedule(10, "linear"))
+    oracle = oracles.GaussianOracle(Schedule(10, "linear"))
     with pytest.raises(ValueError, match="t_probs"):
         likelihood.mc_bound(oracle, np.zeros((4, 2)), np.random.default_rng(0), t_probs=np.full(10, 0.2))

@@ -101,8 +101,8 @@ def test_adamw_defaults_and_adam_has_no_decay():
     assert Adam(toy()).weight_decay == 0.0
 
 
-def test_adam_matches_pytorch_adamw_when_torch_is_installed():
-    torch = pytest.importorskip("torch")
+def test_adam_matches_pytorch_adamw_when_torch_is_installed(crosscheck):
+    torch = crosscheck("torch")
     rng = np.random.default_rng(0)
     lin = Linear(3, 2, rng, dtype="float64")
     opt = AdamW(lin, lr=0.05, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.2)

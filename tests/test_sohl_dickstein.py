@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from npdiff import gradcheck, likelihood, optim, sohl_dickstein as sd
+from npdiff import gradcheck, likelihood, optim, sampling, sohl_dickstein as sd
 from npdiff.data import standardize
 from npdiff.schedules import Schedule
 
@@ -91,10 +91,12 @@ def test_eq14_refuses_unstandardised_data():
 def test_sampler_from_exact_kernel_gives_standard_normal():
     s = Schedule(40, "sohl_dickstein")
     chain = sd.SohlDicksteinChain(small_model(zero_output=True), s)
-    path = chain.sample(4000, np.random.default_rng(4), trajectory=True, last_noise=True)
-    assert path.shape == (41, 4000, 2)
-    x0 = path[0]
-    assert np.all(np.abs(x0.mean(axis=0)) < 0.06) and np.all(np.abs(x0.var(axis=0) - 1) < 0.08)
+    x1, ts, path = sampling.sample(chain, 4000, np.random.default_rng(4), record=True)
+    assert path.shape == (41, 4000, 2) and list(ts) == list(range(40, -1, -1))
+    # the exact kernel keeps N(0, I) at every step; x_1 (before the noiseless last step) is N(0, I) exactly
+    x1 = path[-2]
+    assert np.all(np.abs(x1.mean(axis=0)) < 0.06) and np.all(np.abs(x1.var(axis=0) - 1) < 0.08)
+    np.testing.assert_allclose(path[-1], np.sqrt(s.alphas[1]) * x1, rtol=1e-6)  # x_0 = √α_1 x_1, no noise
 
 
 def test_learned_kernel_on_quarter_variance_gaussian_reaches_oracle():
@@ -116,3 +118,19 @@ def test_learned_kernel_on_quarter_variance_gaussian_reaches_oracle():
     after = likelihood.eq14_bound(chain, held_out, rng, exact=True, log_det=log_det)
     assert abs(after.gain / 2) < 0.02  # K − L_null per dim, paired over the same points
     assert abs(after.nats_data / 2 - oracle) < 0.02 + 3 * after.se / 2
+
+
+@pytest.mark.parametrize("v", [3.0, 6.0, 20.0, -20.0])
+def test_variance_gradient_keeps_its_precision_in_float32_near_t_equal_T(v):
+    """d log σ²/dv = 1 − sigmoid(a) must be formed as sigmoid(−a): at t = T (β_T = 0.999) and v = 3, the
+    form 1 − σ² kept only 1e-3 relative accuracy in float32 (9e-3 at v = 6)."""
+    s = Schedule(40, "sohl_dickstein")
+    t = np.full(3, 40)
+    out = np.concatenate([np.zeros((3, 2)), np.full((3, 2), v)], axis=1)
+    x_t = np.zeros((3, 2))
+    _, _, cache = sd.reverse_kernel(s, out.astype(np.float32), x_t.astype(np.float32), t)
+    dv32 = sd.reverse_kernel_backward(cache, np.zeros((3, 2), np.float32), np.ones((3, 2), np.float32))[:, 2:]
+    a = v + math.log(s.betas[40]) - math.log1p(-s.betas[40])
+    exact = 1.0 / (1.0 + math.exp(a))  # 1 − sigmoid(a) in float64
+    assert dv32.dtype == np.float32
+    np.testing.assert_allclose(dv32, exact, rtol=1e-5)  # float32 rounding of a ≈ 10: |a|·6e-8

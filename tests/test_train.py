@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import os
+import signal
 
 import numpy as np
 import pytest
 
-from npdiff import checkpoint, data, ddpm, metrics, train
+from npdiff import checkpoint, data, ddpm, fileio, metrics, progress, sampling, train
 from npdiff.models import Denoiser
 from npdiff.optim import EMA, AdamW, cosine_lr
 from npdiff.schedules import Schedule
@@ -88,15 +90,39 @@ def test_fit_follows_the_lr_schedule_and_records_history():
     assert h.smoothed(10).shape == (30,) and h.smoothed(10)[0] == h.loss[0]
 
 
-def test_progress_line_shows_step_loss_rate_and_eta_only_when_enabled():
-    shown, hidden = io.StringIO(), io.StringIO()
-    for stream, enabled in ((shown, True), (hidden, None)):  # None: a StringIO is not a terminal
+def test_progress_line_shows_step_loss_rate_and_eta_when_enabled():
+    shown, short_log = io.StringIO(), io.StringIO()
+    for stream, enabled in ((shown, True), (short_log, None)):  # None: a StringIO is not a terminal
         bar = train.Progress(100, enabled, stream)
-        bar.update(100, 0.25)
+        bar.update(100, "loss 0.2500")
         bar.close()
     assert "step 100/100" in shown.getvalue() and "loss 0.2500" in shown.getvalue()
     assert "steps/s" in shown.getvalue() and "ETA" in shown.getvalue()
-    assert hidden.getvalue() == ""
+    assert short_log.getvalue() == ""  # a run shorter than one log interval writes nothing to a log
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_progress_writes_whole_lines_at_a_modest_rate_when_stderr_is_not_a_terminal(monkeypatch):
+    clock = FakeClock()
+    monkeypatch.setattr(progress.time, "perf_counter", clock)
+    log = io.StringIO()
+    bar = progress.Progress(1000, stream=log)  # a log file: not a terminal
+    for step in range(1, 1001):
+        clock.now = step * 0.1  # 100 s in all, 10 steps/s
+        bar.update(step, "loss 1.0")
+    bar.close()
+    lines = log.getvalue().splitlines()
+    assert len(lines) == 100 // progress.LOG_INTERVAL + 1  # one line per interval, then the final state
+    assert "\r" not in log.getvalue() and lines[-1].startswith("step 1000/1000")
+    assert "10 steps/s" in lines[0]  # whole steps per second from 10 on, two decimals below
+    assert not progress.Progress(10, enabled=False, stream=log).enabled
 
 
 def test_short_training_run_on_the_heart_beats_noise_by_far():
@@ -110,8 +136,135 @@ def test_short_training_run_on_the_heart_beats_noise_by_far():
                   lr_schedule=cosine_lr(3e-3, 1200, warmup=50), clip=1.0, ema=ema)
     assert np.mean(h.loss[-100:]) < 0.8 * np.mean(h.loss[:100])
     ema.swap()
-    samples = ddpm.sample(model, s, 1000, np.random.default_rng(1))
+    samples = sampling.sample(ddpm.EpsilonChain(model, s), 1000, np.random.default_rng(1))
     curve = data.heart_curve(20_000)
     noise = metrics.chamfer(np.random.default_rng(2).standard_normal((1000, 2)), curve)  # ≈ 0.55, the ceiling
     cd = metrics.chamfer(samples, curve)
     assert cd < 0.06 < noise / 9, (cd, noise)
+
+
+def _run(path, steps, resume=False, objective=None, **kwargs):
+    """A float64 ε run with AdamW, EMA and checkpoints every 5 steps; returns (model, ema, history)."""
+    model = small_model("float64")
+    opt, ema, rng = AdamW(model, 1e-2), EMA(model, 0.9), np.random.default_rng(0)
+    x = np.random.default_rng(1).standard_normal((40, 2))
+    h = train.fit(model, x, objective or ddpm.EpsilonObjective(Schedule(20)), steps=steps, batch_size=16,
+                  optimizer=opt, rng=rng, clip=0.5, ema=ema, checkpoint_path=path, checkpoint_every=5,
+                  resume=resume, **kwargs)
+    return model, ema, h
+
+
+class SignalAt(ddpm.EpsilonObjective):
+    """The ε objective, sending this process ``signum`` during its ``at``-th call (in the middle of a step)."""
+
+    def __init__(self, schedule, at, signum):
+        super().__init__(schedule)
+        self.at, self.signum, self.calls = at, signum, 0
+
+    def loss_and_backward(self, model, x0, rng=None, **kwargs):
+        self.calls += 1
+        if self.calls == self.at:
+            os.kill(os.getpid(), self.signum)
+        return super().loss_and_backward(model, x0, rng, **kwargs)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_finishes_the_step_writes_its_checkpoint_and_resuming_is_exact(tmp_path, signum):
+    full_model, full_ema, full = _run(tmp_path / "full.npz", 12)
+    path = tmp_path / "stopped.npz"
+    with pytest.raises(train.TrainingInterrupted, match=r"after step 8 of 12; checkpoint of step 8") as stop:
+        _run(path, 12, objective=SignalAt(Schedule(20), 8, signum))
+    assert stop.value.step == 8 and stop.value.saved and stop.value.signum == signum
+    assert isinstance(stop.value, KeyboardInterrupt)  # code that catches Ctrl-C still does
+    assert checkpoint.load(path).step == 8  # not the step-5 checkpoint: no work is lost
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handlers are restored
+    model, ema, resumed = _run(path, 12, resume=True)
+    assert resumed.start_step == 8 and resumed.steps_run == 4
+    np.testing.assert_array_equal(model.flat_params, full_model.flat_params)
+    np.testing.assert_array_equal(ema.shadow, full_ema.shadow)
+    assert resumed.loss == full.loss
+
+
+def test_without_a_checkpoint_path_ctrl_c_is_left_alone():
+    model = small_model()
+    x = np.random.default_rng(1).standard_normal((40, 2))
+    with pytest.raises(KeyboardInterrupt) as stop:
+        train.fit(model, x, SignalAt(Schedule(20), 3, signal.SIGINT), steps=10, batch_size=8,
+                  rng=np.random.default_rng(0))
+    assert not isinstance(stop.value, train.TrainingInterrupted)
+
+
+def test_fit_defaults_to_adamw_and_batches_of_256():
+    model = small_model("float64")
+    before = model.flat_params.copy()
+    x = np.random.default_rng(1).standard_normal((600, 2))
+    objective = ScaledObjective()
+    h = train.fit(model, x, objective, steps=3, rng=np.random.default_rng(0))
+    assert len(h.loss) == 3 and not np.array_equal(model.flat_params, before)
+    reference = small_model("float64")
+    opt = AdamW(reference, lr=1e-3, weight_decay=0.0)
+    batches = train.Batches(x, 256, np.random.default_rng(0))
+    for _ in range(3):
+        train.train_step(reference, ScaledObjective(), batches.next(), None, opt)
+    np.testing.assert_allclose(model.flat_params, reference.flat_params, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("make_path, message", [
+    (lambda tmp: tmp, "is a folder"),
+    (lambda tmp: tmp / "no_such_folder" / "m.npz", "does not exist"),
+    (lambda tmp: "", "names no file"),
+])
+def test_the_checkpoint_path_is_checked_before_any_step(tmp_path, make_path, message):
+    objective = ScaledObjective()
+    model = small_model()
+    with pytest.raises(ValueError, match=message):
+        train.fit(model, np.ones((16, 2)), objective, steps=5, batch_size=4, rng=np.random.default_rng(0),
+                  checkpoint_path=make_path(tmp_path))
+    assert objective.calls == 0
+
+
+def test_a_full_disk_at_a_checkpoint_stops_training_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "run.npz"
+    _run(path, 5)
+    good = path.read_bytes()
+    real_open = fileio._open
+
+    def full_disk(file, mode):
+        f = real_open(file, mode)
+        write = f.write
+
+        def fail_after_a_few_bytes(data):
+            if f.tell() > 1000:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return write(data)
+
+        f.write = fail_after_a_few_bytes
+        return f
+
+    monkeypatch.setattr(fileio, "_open", full_disk)
+    with pytest.raises(train.CheckpointWriteError, match=r"at step 10: No space left on device; the checkpoint of "
+                                                         r"step 5 is intact"):
+        _run(path, 12, resume=True)
+    assert path.read_bytes() == good
+    assert sorted(os.listdir(tmp_path)) == ["run.npz"]
+
+
+def test_resuming_with_other_data_or_batch_size_is_refused_by_name(tmp_path):
+    path = tmp_path / "run.npz"
+    _run(path, 5)
+    model = small_model("float64")
+    with pytest.raises(ValueError, match="batch order is for 40 points; the data have 30"):
+        train.fit(model, np.ones((30, 2)), ScaledObjective(), steps=8, batch_size=16, rng=np.random.default_rng(0),
+                  checkpoint_path=path, resume=True)
+    with pytest.raises(ValueError, match="batch_size 16; this run has 8"):
+        train.fit(small_model("float64"), np.ones((40, 2)), ScaledObjective(), steps=8, batch_size=8,
+                  rng=np.random.default_rng(0), checkpoint_path=path, resume=True)
+
+
+def test_a_signal_the_process_ignores_stays_ignored(tmp_path):
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as for a background job started with `&`
+    try:
+        _, _, h = _run(tmp_path / "run.npz", 12, objective=SignalAt(Schedule(20), 3, signal.SIGINT))
+        assert len(h.loss) == 12 and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)

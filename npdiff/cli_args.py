@@ -1,0 +1,135 @@
+"""The flags of ``npdiff train | sample | eval``: names, defaults, and the checks that refuse nonsense.
+
+Every number is checked where it is parsed (finite, in range), so a bad value is a one-line usage error
+before anything runs. Flag names follow the library's names (docs/command-line.md lists them); the
+older spellings stay as aliases: ``--width`` = ``--hidden``, ``--blocks`` = ``--n-blocks``, ``--emb`` =
+``--emb-dim``, ``--batch`` = ``--batch-size``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+
+from npdiff.schedules import SCHEDULES
+
+OBJECTIVES = ("epsilon", "hybrid", "sohl_dickstein")
+VARIANCES = ("fixed_small", "fixed_large", "learned_range")
+SAMPLERS = ("ancestral", "ddim")
+DEFAULT_CHUNK = 4096  # rows of network input at once in sample/eval: a few MB of activations for the default model
+
+
+class UsageError(ValueError):
+    """A flag, input file or output path that cannot work; exit status 2, nothing written."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but an error is one line (no usage block) raised as UsageError."""
+
+    def error(self, message):
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+def integer(low: int, high: int | None = None):
+    """An argparse type: an integer in [low, high]."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            bound = f">= {low}" if high is None else f"in {low}..{high}"
+            raise argparse.ArgumentTypeError(f"must be an integer {bound}, got {value}")
+        return value
+    parse.__name__ = "integer"
+    return parse
+
+
+def number(low: float, high: float = math.inf, *, low_open: bool = False, high_open: bool = False):
+    """An argparse type: a finite float in the interval from low to high (ends open or closed)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        below = value <= low if low_open else value < low
+        above = value >= high if high_open else value > high
+        if not math.isfinite(value) or below or above:
+            interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open or high == math.inf else ']'}"
+            raise argparse.ArgumentTypeError(f"must be a finite number in {interval}, got {text!r}")
+        return value
+    parse.__name__ = "number"
+    return parse
+
+
+SIZE_UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+
+
+def size(text: str) -> int:
+    """An argparse type: a byte count such as 500M, 2G or 1000000."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*", text.lower())
+    if not match:
+        raise argparse.ArgumentTypeError(f"expected a size such as 500M or 2G, got {text!r}")
+    return int(float(match.group(1)) * SIZE_UNITS[match.group(2)])
+
+
+def _model_flags(p) -> None:
+    p.add_argument("--hidden", "--width", type=integer(1), default=128, help="hidden width H (default 128)")
+    p.add_argument("--n-blocks", "--blocks", type=integer(0), default=3, help="residual blocks (default 3)")
+    p.add_argument("--emb-dim", "--emb", type=integer(2), default=64, help="sinusoidal embedding size (default 64)")
+    p.add_argument("--coord-scale", type=number(0, low_open=True), default=25.0,
+                   help="sinusoidal scale of the coordinates (default 25)")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="npdiff", description="Train, sample and evaluate npdiff diffusion models "
+                "(docs/command-line.md).")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    t = sub.add_parser("train", help="train a model on points from a file or a toy set")
+    t.add_argument("data", help=".npy/.csv file of points (N, D), or a toy set name")
+    t.add_argument("--out", required=True, help="checkpoint path (.npz)")
+    t.add_argument("--objective", choices=OBJECTIVES, default="epsilon",
+                   help="epsilon: L_simple; hybrid: L_hybrid with a learned-range variance; "
+                        "sohl_dickstein: the bound K (default epsilon)")
+    t.add_argument("--schedule", choices=[s for s in SCHEDULES if s != "custom"], default="linear")
+    t.add_argument("--T", type=integer(1, 100_000), default=1000, help="diffusion steps (default 1000)")
+    t.add_argument("--steps", type=integer(1), default=20000, help="total training steps (default 20000)")
+    t.add_argument("--batch-size", "--batch", type=integer(1), default=256, help="points per step (default 256)")
+    t.add_argument("--lr", type=number(0, low_open=True), default=1e-3, help="peak learning rate, cosine-decayed")
+    _model_flags(t)
+    t.add_argument("--ema", type=number(0, 1, high_open=True), default=0.0,
+                   help="EMA decay of the saved weights, in [0, 1) (0: none)")
+    t.add_argument("--checkpoint-every", type=integer(0), default=1000,
+                   help="steps between checkpoints (0: only at the end; default 1000)")
+    t.add_argument("--resume", action="store_true", help="continue the checkpoint at --out (if it exists)")
+    t.add_argument("--force", action="store_true", help="replace an existing checkpoint at --out")
+
+    s = sub.add_parser("sample", help="draw samples from a checkpoint")
+    s.add_argument("checkpoint")
+    s.add_argument("--out", required=True, help="where to write the samples: a .npy or .csv file")
+    s.add_argument("--sampler", choices=SAMPLERS, default="ancestral", help="ε models only (default ancestral)")
+    s.add_argument("--ddim-steps", type=integer(1), default=None, help="DDIM's number of steps (default T)")
+    s.add_argument("--clip-x0", type=number(0, low_open=True), default=None,
+                   help="clip x0-hat to [-R, R] (standardised units, R > 0) while sampling an ε model")
+    s.add_argument("--max-output", type=size, default=None,
+                   help="refuse to write more than this (e.g. 2G); the free disk space is always a limit")
+
+    e = sub.add_parser("eval", help="the variational bound on held-out points, nats and bits")
+    e.add_argument("checkpoint")
+    e.add_argument("data", help=".npy/.csv file of held-out points, or a toy set name")
+    e.add_argument("--exact", action="store_true", help="every t for every point (N·T network calls)")
+    e.add_argument("--n-t", type=integer(1), default=4, help="Monte-Carlo draws of t per point (default 4)")
+
+    for sp, n_default in ((t, 8000), (s, 2000), (e, 10000)):
+        sp.add_argument("--n", type=integer(1), default=n_default,
+                        help=f"points to draw (toy sets) or to sample (default {n_default})")
+        sp.add_argument("--seed", type=integer(0), default=0)
+    for sp in (s, e):
+        sp.add_argument("--variance", choices=VARIANCES, default=None,
+                        help="σ_t² of an ε model's reverse steps: β̃_t (fixed_small, the default for epsilon), "
+                             "β_t (fixed_large) or the learned range (the default for hybrid)")
+        sp.add_argument("--chunk", type=integer(1), default=DEFAULT_CHUNK,
+                        help=f"network rows at once (default {DEFAULT_CHUNK}); memory is flat in --n")
+    return p

@@ -1,0 +1,240 @@
+"""``npdiff sample`` and ``npdiff eval``: a checked checkpoint, then ``--chunk`` rows at a time.
+
+The checkpoint is validated before use (written by ``npdiff train``, a known objective, finite weights,
+a data scaling of the right size), and so are the flags against it and the output path and the disk
+space. Then points are drawn or evaluated a chunk at a time, so memory does not grow with ``--n``;
+samples go to disk chunk by chunk through one atomic write. Problems found up front raise
+``UsageError`` (exit status 2, ``npdiff.cli``).
+
+All calls into the library's chains, sampler and bounds sit in ``_max_gain``, ``_chain``, ``_draw_chunk`` and
+``_bound_chunk``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+
+import numpy as np
+
+from npdiff import backend, checkpoint, data, fileio, likelihood, sampling, streaming
+from npdiff.cli_args import OBJECTIVES, UsageError
+from npdiff.cli_train import load_data
+from npdiff.diffusion import DEFAULT_VARIANCE
+from npdiff.ddpm import EpsilonChain
+from npdiff.progress import Progress
+from npdiff.sohl_dickstein import SohlDicksteinChain
+
+LN2 = math.log(2.0)
+MAX_GAIN = 10.0  # the largest error gain of a sampling step that runs without --clip-x0
+DRAW_BLOCK = 65_536  # toy-set points drawn at once in eval (1 MB at D = 2); a compute chunk can be far smaller
+
+
+# ---- loading a trained model -------------------------------------------------------------------------
+
+def _number(v) -> float:
+    """v as a float, or NaN when it is not a plain number (a bool, a string, an int beyond float's range)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return math.nan
+    try:
+        return float(v)
+    except OverflowError:
+        return math.nan
+
+
+def _vector(meta: dict, key: str, d: int, path: str, positive: bool = False) -> np.ndarray:
+    value = meta.get(key)
+    ok = isinstance(value, list) and len(value) == d and all(
+        math.isfinite(_number(v)) and (_number(v) > 0 or not positive) for v in value)
+    if not ok:
+        raise UsageError(f"{path}: the meta's {key!r} must be {d} finite{' positive' if positive else ''} numbers")
+    return np.asarray(value, dtype=np.float64)
+
+
+def load_trained(path: str):
+    """(model, schedule, meta, mean, std) of a checkpoint written by ``npdiff train``, every part checked."""
+    ckpt = checkpoint.load(path)
+    meta = ckpt.info["meta"]
+    if "objective" not in meta:
+        raise UsageError(f"{path!r} was not written by `npdiff train` (no objective in its meta)")
+    if meta["objective"] not in OBJECTIVES:
+        raise UsageError(f"{path!r} has the unknown objective {meta['objective']!r} (this npdiff knows "
+                         f"{', '.join(OBJECTIVES)})")
+    model, schedule = checkpoint.model_from(ckpt)
+    if schedule is None:
+        raise UsageError(f"{path!r} stores no schedule")
+    d = model.config["data_dim"]
+    width = d if meta["objective"] == "epsilon" else 2 * d
+    if model.config["out_dim"] != width:
+        raise UsageError(f"{path!r}: a {meta['objective']} model of {d} dimensions has {width} outputs, "
+                         f"this one has {model.config['out_dim']}")
+    mean, std = _vector(meta, "data_mean", d, path), _vector(meta, "data_std", d, path, positive=True)
+    if not checkpoint.finite_weights(model):
+        raise UsageError(f"{path!r} holds non-finite weights (NaN or inf): the run diverged; use an earlier checkpoint")
+    return model, schedule, meta, mean, std
+
+
+def variance_of(meta: dict, args) -> str | None:
+    objective, chosen = meta["objective"], args.variance
+    if objective == "sohl_dickstein":
+        if chosen is not None:
+            raise UsageError("--variance applies to epsilon and hybrid models; a sohl_dickstein chain learns its own")
+        return None
+    if objective == "epsilon" and chosen == "learned_range":
+        raise UsageError("--variance learned_range needs a hybrid model (trained with --objective hybrid)")
+    return DEFAULT_VARIANCE[objective] if chosen is None else chosen
+
+
+# ---- the library calls of sample and eval ------------------------------------------------------------
+
+def _max_gain(schedule, args) -> tuple[int, float]:
+    """(t, g): the sampling step that amplifies an error of ε_θ most, and by how much."""
+    ts = schedule.reverse_t(args.ddim_steps if args.sampler == "ddim" else None)
+    gains = ({t: sampling.ancestral_gain(schedule, t) for t in ts} if args.sampler == "ancestral"
+             else {t: sampling.ddim_gain(schedule, t, t_prev) for t, t_prev in zip(ts, ts[1:] + [0])})
+    return max(gains.items(), key=lambda kv: kv[1])
+
+
+def _chain(model, schedule, meta, variance, clip_x0=None):
+    """The reverse process of a trained model (``--clip-x0`` R clips x̂_0 to [−R, R] in an ε-model's chain)."""
+    if meta["objective"] == "sohl_dickstein":
+        return SohlDicksteinChain(model, schedule)
+    clip = None if clip_x0 is None else (-clip_x0, clip_x0)
+    return EpsilonChain(model, schedule, variance, clip_x0=clip, max_gain=None)  # the gain is checked up front
+
+
+def _draw_chunk(model, schedule, meta, args, variance, n: int, rng):
+    """n samples (n, D) in standardised coordinates, on the backend."""
+    chain = _chain(model, schedule, meta, variance, args.clip_x0)
+    return sampling.sample(chain, n, rng, sampler=args.sampler, ddim_steps=args.ddim_steps)
+
+
+def _bound_chunk(model, schedule, meta, args, variance, z, rng, log_det: float) -> likelihood.Bound:
+    """The bound of points z (C, D) in standardised coordinates: exact over t, or Monte Carlo (args.n_t)."""
+    chain = _chain(model, schedule, meta, variance)
+    if meta["objective"] == "sohl_dickstein":
+        return likelihood.eq14_bound(chain, z, rng, exact=args.exact, n_t=args.n_t, log_det=log_det)
+    if args.exact:
+        return likelihood.exact_bound(chain, z, rng, log_det=log_det)
+    return likelihood.mc_bound(chain, z, rng, n_t=args.n_t, log_det=log_det)
+
+
+# ---- sample and eval ---------------------------------------------------------------------------------
+
+def check_sample_flags(meta: dict, args, schedule) -> None:
+    if meta["objective"] == "sohl_dickstein":
+        options = (("--sampler ddim", args.sampler == "ddim"), ("--clip-x0", args.clip_x0 is not None),
+                   ("--ddim-steps", args.ddim_steps is not None))
+        given = [flag for flag, on in options if on]
+        if given:
+            raise UsageError(f"{', '.join(given)}: ε-model options; a sohl_dickstein chain samples with its own "
+                             "kernel")
+        return
+    if args.sampler == "ancestral" and args.ddim_steps is not None:
+        raise UsageError("--ddim-steps needs --sampler ddim")
+    if args.sampler == "ddim" and args.variance is not None:
+        raise UsageError("--variance applies to the ancestral sampler; DDIM's noise is set by its own formula")
+    if args.ddim_steps is not None and args.ddim_steps > schedule.T:
+        raise UsageError(f"--ddim-steps {args.ddim_steps} is more than the model's T = {schedule.T}")
+    t, gain = _max_gain(schedule, args)
+    if args.clip_x0 is None and gain > MAX_GAIN:
+        raise UsageError(f"this {schedule.config['name']} schedule's sampling step at t={t} multiplies the network's "
+                         f"error by {gain:.1f} (beta_t={schedule.betas[t]:.4g}); pass --clip-x0 R to clip x0-hat to "
+                         "[-R, R] (standardised units, e.g. 3)")
+
+
+def check_sample_out(args, d: int) -> None:
+    out = args.out
+    try:
+        streaming.point_format(out)
+    except ValueError as err:
+        raise UsageError(f"--out {err}") from None
+    if os.path.isdir(out):
+        raise UsageError(f"--out {out!r} is a folder; name a .npy or .csv file")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(out))):
+        raise UsageError(f"--out {out!r}: its folder does not exist (create it first)")
+    try:
+        fileio.check_writable_folder(out)
+    except OSError as err:
+        raise UsageError(f"--out {out!r}: cannot write in its folder: {err.strerror or err}") from None
+    need, free = streaming.estimate_bytes(out, args.n, d), streaming.free_bytes(out)
+    limit = free if args.max_output is None else min(free, args.max_output)
+    if need > limit:
+        what = "free on its disk" if limit == free else "allowed by --max-output"
+        raise UsageError(f"--n {args.n} samples need up to {need / 2**20:.1f} MB in {out!r}, more than the "
+                         f"{limit / 2**20:.1f} MB {what}; sample fewer or write elsewhere")
+
+
+def cmd_sample(args) -> None:
+    model, schedule, meta, mean, std = load_trained(args.checkpoint)
+    d = mean.size
+    variance = variance_of(meta, args)
+    check_sample_flags(meta, args, schedule)
+    check_sample_out(args, d)
+    rng = backend.default_rng(args.seed)
+    bar = Progress(args.n, label="sampled", unit="points")
+    with streaming.write_points(args.out, args.n, d) as writer:
+        for size in streaming.chunk_sizes(args.n, args.chunk):
+            z = backend.to_numpy(_draw_chunk(model, schedule, meta, args, variance, size, rng)).astype(np.float64)
+            x = data.unstandardize(z, mean, std)
+            if not np.isfinite(x).all():
+                raise FloatingPointError("sampling produced non-finite values; nothing was written")
+            writer.write(x)
+            bar.update(writer.rows)
+    bar.close()
+    print(f"{args.n} samples of dimension {d}: {os.path.abspath(args.out)}")
+
+
+def held_out_blocks(args, x):
+    """The held-out points in blocks: the file's points at once, or a toy set drawn DRAW_BLOCK points at a time."""
+    if x is not None:
+        yield x
+        return
+    rng = np.random.default_rng(args.seed + 1)  # a toy set's held-out draw differs from training's (seed)
+    for size in streaming.chunk_sizes(args.n, DRAW_BLOCK):
+        yield data.make(args.data, size, rng)
+
+
+def cmd_eval(args) -> None:
+    model, schedule, meta, mean, std = load_trained(args.checkpoint)
+    d = mean.size
+    variance = variance_of(meta, args)
+    x = None if args.data in data.TOY_SETS else load_data(args.data, args.n, args.seed)
+    if x is not None and x.shape[1] != d:
+        raise UsageError(f"{args.data!r} has {x.shape[1]} dimensions; the model was trained on {d}")
+    n = args.n if x is None else x.shape[0]
+    reps = schedule.T if args.exact else args.n_t
+    per_chunk = max(1, args.chunk // reps)  # points per chunk: their rows (points × draws of t) fill one chunk
+    rng, log_det = np.random.default_rng(args.seed), float(np.log(std).sum())
+    values, gains, method, start = streaming.RunningMean(), streaming.RunningMean(), "", time.perf_counter()
+    bar = Progress(n, label="evaluated", unit="points")
+    done = 0
+    for block in held_out_blocks(args, x):
+        for first in range(0, block.shape[0], per_chunk):
+            with np.errstate(all="ignore"):  # overflow is checked on the result, just below
+                z = (block[first:first + per_chunk] - mean) / std
+            if not np.isfinite(z).all():
+                raise UsageError(f"{args.data!r}: points far outside the training data's range overflow when "
+                                 "standardised")
+            bound = _bound_chunk(model, schedule, meta, args, variance, z, rng, log_det)
+            if not np.isfinite(bound.values).all():
+                raise FloatingPointError(f"the bound is not finite (NaN or inf) for some of points "
+                                         f"{done}..{done + len(z) - 1}; they reach {np.abs(z).max():.3g} standard "
+                                         "deviations from the training mean")
+            values.add(bound.values)
+            gains.add(bound.values - bound.null)
+            method, done = bound.method, done + len(z)
+            bar.update(done)
+    bar.close()
+    report(method, values, gains, d, log_det, time.perf_counter() - start)
+
+
+def report(method: str, values, gains, d: int, log_det: float, seconds: float) -> None:
+    """Print the bound in model (standardised) and data coordinates, per point and per dimension."""
+    k, se, data_k = values.mean, values.se, values.mean - log_det
+    print(f"{method}: K = {k:.4f} ± {se:.4f} nats/point ({k / d:.4f} nats/dim, {k / LN2:.4f} ± {se / LN2:.4f} "
+          f"bits/point, {k / d / LN2:.4f} bits/dim); K − L_null = {gains.mean:.4f} ± {gains.se:.4f} nats "
+          f"({gains.mean / LN2:.4f} bits); N = {values.n}, {seconds:.1f} s")
+    print(f"data coordinates: log-likelihood bound {data_k:.4f} ± {se:.4f} nats/point, {data_k / d:.4f} nats/dim, "
+          f"{data_k / LN2:.4f} bits/point")

@@ -1,0 +1,161 @@
+"""``Diffusion``: a model, its schedule, its objective and its reverse chain, bundled so they cannot disagree.
+
+Shape glossary: N points, D data dims, T diffusion steps.
+
+    diffusion = Diffusion(data_dim=2, objective="epsilon", T=200, hidden=64)
+    diffusion.fit(x, steps=3000)           # x (N, D) host array; AdamW, cosine lr, clipping by default
+    samples = diffusion.sample(2000)       # (2000, D) host NumPy array
+    diffusion.bound(x_held_out).summary()  # the variational bound on log p, nats and bits
+
+The three objectives, and what each fixes about the model and the chain:
+
+    "epsilon"         L_simple (Ho et al. 2020)      D outputs (ε_θ); σ_t² = β̃_t ("fixed_small") or β_t
+    "hybrid"          L_hybrid (Nichol & Dhariwal)   2·D outputs (ε_θ and the learned-range variance)
+    "sohl_dickstein"  −K (Sohl-Dickstein et al.)     2·D outputs (mean and variance of each reverse step)
+
+Everything here is glue over the library's pieces (``Denoiser``, ``Schedule``, the objectives, ``train.fit``,
+``sampling.sample``, ``likelihood``); use those directly for anything the bundle does not offer.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from npdiff import backend, checkpoint, likelihood, sampling, train
+from npdiff.ddpm import EpsilonChain, EpsilonObjective
+from npdiff.hybrid import HybridObjective
+from npdiff.models import Denoiser
+from npdiff.optim import EMA, AdamW, cosine_lr
+from npdiff.schedules import Schedule
+from npdiff.sohl_dickstein import BoundObjective, SohlDicksteinChain, make_model
+
+OBJECTIVES = ("epsilon", "hybrid", "sohl_dickstein")
+DEFAULT_VARIANCE = {"epsilon": "fixed_small", "hybrid": "learned_range", "sohl_dickstein": None}
+
+
+class Diffusion:
+    """A denoiser, its forward process and its objective; ``fit``, ``sample``, ``bound``, ``save``/``load``.
+
+    data_dim: D. objective: one of OBJECTIVES. T, schedule, schedule_kwargs: the forward process
+    (``Schedule(T, schedule, **schedule_kwargs)``). variance: the ε-chain's σ_t² ("fixed_small",
+    "fixed_large", "learned_range"; by default the objective's own). prediction, min_snr_gamma: the "epsilon"
+    objective's target ("eps", "x0" or "v") and loss weighting (``ddpm.EpsilonObjective``). denoiser_kwargs: ``Denoiser``'s
+    architecture (hidden, n_blocks, emb_dim, …); its output width follows from the objective.
+    """
+
+    def __init__(self, data_dim: int, objective: str = "epsilon", T: int = 1000, schedule: str = "linear",
+                 schedule_kwargs: dict | None = None, variance: str | None = None, prediction: str = "eps",
+                 min_snr_gamma: float | None = None, **denoiser_kwargs) -> None:
+        if objective not in OBJECTIVES:
+            raise ValueError(f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
+        if "out_dim" in denoiser_kwargs:
+            raise ValueError("the output width follows from the objective; do not pass out_dim")
+        variance = DEFAULT_VARIANCE[objective] if variance is None else variance
+        if objective == "sohl_dickstein" and variance is not None:
+            raise ValueError("the Sohl-Dickstein chain learns its own variance; do not pass variance")
+        if objective == "hybrid" and variance != "learned_range":
+            raise ValueError("the hybrid objective trains a learned-range variance; variance must be 'learned_range'")
+        if objective != "epsilon" and (prediction != "eps" or min_snr_gamma is not None):
+            raise ValueError("prediction and min_snr_gamma belong to the 'epsilon' objective")
+        self.schedule = Schedule(T, schedule, **(schedule_kwargs or {}))
+        if objective == "sohl_dickstein":
+            self.model = make_model(data_dim, **denoiser_kwargs)
+            self.objective = BoundObjective(self.schedule)
+        else:
+            factor = 2 if objective == "hybrid" else 1
+            self.model = Denoiser(data_dim, out_dim=factor * data_dim, **denoiser_kwargs)
+            self.objective = (HybridObjective(self.schedule) if objective == "hybrid"
+                              else EpsilonObjective(self.schedule, prediction, min_snr_gamma))
+        self.objective.check_model(self.model)
+        self.config = {"objective": objective, "variance": variance, "prediction": prediction,
+                       "min_snr_gamma": min_snr_gamma}
+        self.chain()  # the chain checks the model against its variance now, not at the first sample
+        self.optimizer, self.ema, self.history = None, None, None
+
+    @property
+    def process(self):
+        """The reverse chain that ``sample`` and ``bound`` use."""
+        return self.chain()
+
+    def chain(self, clip_x0=None, max_gain: float | None = 10.0):
+        """The reverse process of this model; ε-models take ``clip_x0`` and ``max_gain`` (``ddpm.EpsilonChain``)."""
+        if self.config["objective"] == "sohl_dickstein":
+            if clip_x0 is not None:
+                raise ValueError("clip_x0 applies to ε-prediction chains, not to the Sohl-Dickstein chain")
+            return SohlDicksteinChain(self.model, self.schedule)
+        return EpsilonChain(self.model, self.schedule, self.config["variance"], clip_x0=clip_x0, max_gain=max_gain,
+                            prediction=self.config["prediction"])
+
+    def fit(self, x, steps: int, batch_size: int = 256, lr: float = 1e-3, *, optimizer=None, ema: float | None = None,
+            clip: float | None = 1.0, seed: int = 0, rng=None, lr_schedule=None, **fit_kwargs) -> train.History:
+        """Train on x (N, D) for ``steps`` steps; returns the History (``train.fit`` takes ``fit_kwargs``).
+
+        Defaults: AdamW (lr, no weight decay), lr warmed up over min(100, steps/10) steps then cosine-decayed
+        to 0, gradient norm clipped at ``clip``. ema: a decay (e.g. 0.999) to keep an EMA of the weights,
+        which ``sample`` and ``bound`` then use. rng: the generator of batches and draws (default from seed).
+        """
+        if self.optimizer is None or optimizer is not None:
+            self.optimizer = optimizer if optimizer is not None else AdamW(self.model, lr=lr, weight_decay=0.0)
+        if ema is not None and self.ema is None:
+            self.ema = EMA(self.model, ema)
+        if lr_schedule is None:
+            lr_schedule = cosine_lr(lr, steps, warmup=min(100, steps // 10)) if steps >= 1 else None
+        self.history = train.fit(self.model, x, self.objective, steps=steps, batch_size=batch_size,
+                                 optimizer=self.optimizer, rng=backend.default_rng(seed) if rng is None else rng,
+                                 lr_schedule=lr_schedule, clip=clip, ema=self.ema, **fit_kwargs)
+        return self.history
+
+    def _averaged(self, fn):
+        """fn() run with the EMA weights in the model when there are any."""
+        if self.ema is None:
+            return fn()
+        self.ema.swap()
+        try:
+            return fn()
+        finally:
+            self.ema.swap()
+
+    def sample(self, n: int, seed: int = 0, rng=None, *, sampler: str = "ancestral", ddim_steps: int | None = None,
+               eta: float = 0.0, clip_x0=None, x_T=None, record: bool = False):
+        """n samples (n, D) as a host NumPy array (``sampling.sample``; record=True adds (ts, xs))."""
+        rng = backend.default_rng(seed) if rng is None else rng
+        out = self._averaged(lambda: sampling.sample(self.chain(clip_x0), n, rng, sampler=sampler,
+                                                     ddim_steps=ddim_steps, eta=eta, x_T=x_T, record=record))
+        if record:
+            x, ts, xs = out
+            return backend.to_numpy(x), ts, xs
+        return backend.to_numpy(out)
+
+    def bound(self, x, seed: int = 0, *, exact: bool = False, n_t: int = 1, log_det: float = 0.0) -> likelihood.Bound:
+        """The variational bound on log p(x) per point (L_T + Σ L_{t−1} + L_0 negated), exact over t or
+        Monte Carlo with ``n_t`` draws per point; data coordinates shift it by ``log_det`` = Σ log std."""
+        rng = np.random.default_rng(seed)
+        if exact:
+            return self._averaged(lambda: likelihood.exact_bound(self.process, x, rng, log_det=log_det))
+        return self._averaged(lambda: likelihood.mc_bound(self.process, x, rng, n_t=n_t, log_det=log_det))
+
+    def save(self, path) -> None:
+        """A checkpoint of the weights (the EMA too), the optimizer, the schedule and this bundle's settings."""
+        step = 0 if self.optimizer is None else self.optimizer.steps
+        checkpoint.save(path, self.model, optimizer=self.optimizer, ema=self.ema, step=step,
+                        schedule=self.schedule, meta=dict(self.config))
+
+    @classmethod
+    def load(cls, path) -> "Diffusion":
+        """The bundle stored by ``save`` (weights as trained; sampling uses the EMA when one was stored)."""
+        ckpt = checkpoint.load(path)
+        meta, model_config = ckpt.info.get("meta") or {}, ckpt.info.get("model_config")
+        schedule_config = ckpt.info.get("schedule_config")
+        if not isinstance(model_config, dict) or not isinstance(schedule_config, dict) or "objective" not in meta:
+            raise ValueError(f"{path}: not a Diffusion checkpoint (no model, schedule or objective stored)")
+        schedule_config = dict(schedule_config)
+        T, name = schedule_config.pop("T"), schedule_config.pop("name")
+        architecture = {k: v for k, v in model_config.items() if k not in ("data_dim", "out_dim")}
+        self = cls(model_config["data_dim"], meta["objective"], T, name, schedule_config,
+                   variance=meta.get("variance"), prediction=meta.get("prediction", "eps"),
+                   min_snr_gamma=meta.get("min_snr_gamma"), **architecture)
+        ckpt.restore(self.model)
+        if "ema/shadow" in ckpt.arrays:
+            self.ema = EMA(self.model, ckpt.info.get("ema_decay", 0.999))
+            ckpt.restore(self.model, ema=self.ema)
+        return self

@@ -1,0 +1,107 @@
+"""Atomic writes: the new file appears whole or not at all, a failed write keeps the old one, orphans are swept."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from npdiff import checkpoint, fileio
+from npdiff.models import Denoiser
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_replacing_writes_the_exact_name_and_leaves_nothing_else(tmp_path):
+    path = tmp_path / "samples.csv"  # np.save would append .npy to a name without it; the file object does not
+    with fileio.replacing(path) as f:
+        np.save(f, np.arange(6.0).reshape(3, 2))
+    assert os.listdir(tmp_path) == ["samples.csv"]
+    np.testing.assert_array_equal(np.load(path), np.arange(6.0).reshape(3, 2))
+
+
+def test_temporary_name_is_in_the_same_folder_and_keeps_the_extension(tmp_path):
+    tmp = fileio.temp_path(tmp_path / "heart.png", pid=123)
+    assert tmp == str(tmp_path / "heart.tmp-123.png")
+
+
+def test_a_failed_write_keeps_the_old_file_and_removes_the_temporary_one(tmp_path):
+    path = tmp_path / "figure.png"
+    path.write_bytes(b"the old figure")
+    with pytest.raises(OSError, match="No space left"):
+        with fileio.atomic_path(path) as tmp:
+            Path(tmp).write_bytes(b"half a fig")
+            raise OSError(errno.ENOSPC, "No space left on device")
+    assert path.read_bytes() == b"the old figure" and os.listdir(tmp_path) == ["figure.png"]
+
+
+def test_a_failed_write_names_the_target_not_the_temporary_file(tmp_path):
+    path = tmp_path / "samples.npy"
+    with pytest.raises(OSError) as err:
+        with fileio.replacing(path) as f:
+            f.write(b"x")
+            raise OSError(errno.ENOSPC, "No space left on device")
+    assert err.value.filename == str(path)
+    with pytest.raises(OSError) as err:
+        with fileio.atomic_path(path) as tmp:
+            raise OSError(errno.EACCES, "Permission denied", tmp)  # as open(tmp) raises it
+    assert err.value.filename == str(path) and ".tmp-" not in str(err.value)
+
+
+def test_a_figure_written_through_atomic_path_is_a_png(tmp_path):
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure(figsize=(1, 1))
+    with fileio.atomic_path(tmp_path / "f.png") as tmp:
+        fig.savefig(tmp)  # the format comes from the temporary name's extension
+    plt.close(fig)
+    assert (tmp_path / "f.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert os.listdir(tmp_path) == ["f.png"]
+
+
+def _dead_pid() -> int:
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(child.stdout)
+
+
+def test_orphans_of_dead_writers_are_removed_on_the_next_write_and_live_ones_kept(tmp_path):
+    path = tmp_path / "model.npz"
+    dead, alive = fileio.temp_path(path, _dead_pid()), fileio.temp_path(path, os.getppid())
+    other = tmp_path / "model.tmp-notapid.npz"
+    for p in (dead, alive, other):
+        Path(p).write_bytes(b"partial")
+    checkpoint.save(path, Denoiser(2, hidden=4, n_blocks=0, emb_dim=4))
+    assert sorted(os.listdir(tmp_path)) == sorted(["model.npz", os.path.basename(alive), other.name])
+
+
+def test_a_writer_killed_mid_write_leaves_the_old_file_and_an_orphan_the_next_write_sweeps(tmp_path):
+    path = tmp_path / "model.npz"
+    checkpoint.save(path, Denoiser(2, hidden=4, n_blocks=0, emb_dim=4))
+    old = path.read_bytes()
+    code = ("import os, signal, sys\nfrom npdiff import fileio\n"
+            "with fileio.replacing(sys.argv[1]) as f:\n    f.write(b'x' * 10000)\n    f.flush()\n"
+            "    os.kill(os.getpid(), signal.SIGKILL)\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    killed = subprocess.run([sys.executable, "-c", code, str(path)], env=env)
+    assert killed.returncode == -signal.SIGKILL
+    assert path.read_bytes() == old and len(os.listdir(tmp_path)) == 2  # the orphan
+    checkpoint.save(path, Denoiser(2, hidden=4, n_blocks=0, emb_dim=4), step=1)
+    assert os.listdir(tmp_path) == ["model.npz"] and checkpoint.load(path).step == 1
+
+
+def test_check_writable_folder_tries_a_file(tmp_path):
+    fileio.check_writable_folder(tmp_path / "x.npz")
+    assert os.listdir(tmp_path) == []
+    if os.geteuid() != 0:  # root may write anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        with pytest.raises(PermissionError):
+            fileio.check_writable_folder(locked / "x.npz")
