@@ -69,7 +69,11 @@ def save(path, model, *, optimizer=None, ema=None, step: int = 0, rng=None, sche
         arrays["ema/shadow"] = backend.to_numpy(ema.shadow)
         info["ema_decay"] = ema.decay
     if rng is not None:
-        info["rng_state"] = rng.bit_generator.state
+        state = backend.rng_state(rng)
+        if "device_state" in state:  # CuPy's generator: its state bytes go in an array, the meta names them
+            arrays["rng/device_state"] = state.pop("device_state")
+            state["device_state"] = "rng/device_state"
+        info["rng_state"] = state
     for group, values in (groups or {}).items():
         for key, value in values.items():
             arrays[f"{group}/{key}"] = np.asarray(value)
@@ -139,11 +143,14 @@ class Checkpoint:
         if rng is not None:
             if "rng_state" not in self.info:
                 raise self._fail("no random-generator state stored")
-            probe = type(rng.bit_generator)()
+            rng_state = dict(self.info["rng_state"])
+            if "device_state" in rng_state:
+                rng_state["device_state"] = self.arrays.get("rng/device_state", np.zeros(0, np.uint8))
             try:
-                probe.state = self.info["rng_state"]
-            except (TypeError, ValueError, KeyError) as exc:
-                raise self._fail(f"the stored random-generator state does not fit a {type(probe).__name__}: {exc}")
+                backend.set_rng_state(rng, rng_state, check_only=True)
+            except (TypeError, ValueError, KeyError, AttributeError) as exc:
+                raise self._fail(f"the stored random-generator state does not fit a "
+                                 f"{type(rng.bit_generator).__name__}: {exc}")
         for name, value in mine.items():
             value[...] = backend.asarray(params[name], dtype=value.dtype)
         if use_ema:
@@ -153,7 +160,7 @@ class Checkpoint:
         if ema is not None:
             ema.shadow[...] = backend.asarray(shadow, dtype=ema.shadow.dtype)
         if rng is not None:
-            rng.bit_generator.state = self.info["rng_state"]
+            backend.set_rng_state(rng, rng_state)
 
 
 def _read_arrays(path: str) -> dict:

@@ -12,6 +12,7 @@ import argparse
 import math
 import re
 
+from npdiff.conditioning import METHODS as CONDITIONS
 from npdiff.schedules import SCHEDULES
 
 OBJECTIVES = ("epsilon", "hybrid", "sohl_dickstein")
@@ -115,6 +116,16 @@ def parser() -> argparse.ArgumentParser:
                    help="clip x0-hat to [-R, R] (standardised units, R > 0) while sampling an ε model")
     s.add_argument("--max-output", type=size, default=None,
                    help="refuse to write more than this (e.g. 2G); the free disk space is always a limit")
+    s.add_argument("--given", metavar="FILE", default=None,
+                   help="known coordinates (.npy/.csv in data coordinates, NaN = free): one row for every sample, "
+                        "or one row per sample (then --n rows)")
+    s.add_argument("--observed", metavar="FILE", default=None,
+                   help="a noisy observation y = x0 + N(0, S^2) (.npy/.csv in data coordinates), with --noise-std")
+    s.add_argument("--noise-std", type=number(0, low_open=True), default=None, metavar="S",
+                   help="the observation's noise S > 0, in data units (with --observed)")
+    s.add_argument("--condition", choices=CONDITIONS, default=None,
+                   help="the factor r_t along the chain with --given/--observed: paper (r_t = r, Sohl-Dickstein "
+                        "Eq. 23; the default) or replace (a forward-diffused copy of the condition)")
 
     e = sub.add_parser("eval", help="the variational bound on held-out points, nats and bits")
     e.add_argument("checkpoint")

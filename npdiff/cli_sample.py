@@ -7,7 +7,8 @@ samples go to disk chunk by chunk through one atomic write. Problems found up fr
 ``UsageError`` (exit status 2, ``npdiff.cli``).
 
 All calls into the library's chains, sampler and bounds sit in ``_max_gain``, ``_chain``, ``_draw_chunk`` and
-``_bound_chunk``.
+``_bound_chunk``. ``--given``/``--observed`` (``load_condition``) sample the chain conditioned by
+``npdiff.conditioning.Conditioned`` (Sohl-Dickstein et al. 2015, §2.5; docs/conditioning.md).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import time
 
 import numpy as np
 
-from npdiff import backend, checkpoint, data, fileio, likelihood, sampling, streaming
+from npdiff import backend, checkpoint, conditioning, data, fileio, likelihood, sampling, streaming
 from npdiff.cli_args import OBJECTIVES, UsageError
 from npdiff.cli_train import load_data
 from npdiff.diffusion import DEFAULT_VARIANCE
@@ -104,10 +105,14 @@ def _chain(model, schedule, meta, variance, clip_x0=None):
     return EpsilonChain(model, schedule, variance, clip_x0=clip, max_gain=None)  # the gain is checked up front
 
 
-def _draw_chunk(model, schedule, meta, args, variance, n: int, rng):
-    """n samples (n, D) in standardised coordinates, on the backend."""
+def _draw_chunk(model, schedule, meta, args, variance, condition, n: int, rng):
+    """n samples (n, D) in standardised coordinates, on the backend; condition: ``Conditioned``'s keyword
+    arguments for these n samples (``load_condition``), or None to sample the model itself."""
     chain = _chain(model, schedule, meta, variance, args.clip_x0)
-    return sampling.sample(chain, n, rng, sampler=args.sampler, ddim_steps=args.ddim_steps)
+    if condition is None:
+        return sampling.sample(chain, n, rng, sampler=args.sampler, ddim_steps=args.ddim_steps)
+    conditioned = conditioning.Conditioned(chain, method=args.condition or "paper", **condition)
+    return sampling.sample(conditioned, n, rng, x_T=conditioned.x_T(n, rng))
 
 
 def _bound_chunk(model, schedule, meta, args, variance, z, rng, log_det: float) -> likelihood.Bound:
@@ -166,18 +171,64 @@ def check_sample_out(args, d: int) -> None:
                          f"{limit / 2**20:.1f} MB {what}; sample fewer or write elsewhere")
 
 
+def load_condition(args, d: int, mean: np.ndarray, std: np.ndarray) -> tuple[dict | None, np.ndarray | None]:
+    """(condition, given) of --given/--observed/--noise-std, or (None, None) without them.
+
+    condition: ``Conditioned``'s keyword arguments in model coordinates (``conditioning.from_files``),
+    each file's rows (R, D) with R = 1 (every sample) or R = --n (one per sample). given: the --given rows
+    as read (R, D), data coordinates, NaN where free: the values written back into the samples' known
+    coordinates. UsageError for a combination of flags or a file that cannot condition.
+    """
+    if (args.observed is None) != (args.noise_std is None):
+        raise UsageError("--observed FILE and --noise-std S go together: the observation y = x0 + N(0, S^2)")
+    if args.given is None and args.observed is None:
+        if args.condition is not None:
+            raise UsageError("--condition needs --given FILE or --observed FILE --noise-std S")
+        return None, None
+    if args.sampler == "ddim":
+        raise UsageError("--given/--observed sample with the ancestral sampler; drop --sampler ddim")
+    files = [(flag, path) for flag, path in (("--given", args.given), ("--observed", args.observed)) if path]
+    for flag, path in files:
+        if os.path.isdir(path):
+            raise UsageError(f"{flag} {path!r} is a folder; name a .npy or .csv file")
+    try:
+        condition = conditioning.from_files(d, args.given, args.observed, args.noise_std, mean, std)
+        given = None if args.given is None else conditioning.read_condition(args.given, d, "given")
+    except OSError as err:
+        if isinstance(err, FileNotFoundError) and not err.filename:  # read_condition's own one-line message
+            raise
+        raise UsageError(f"cannot read {err.filename or 'the condition file'!r}: {err.strerror or err}") from None
+    for flag, path in files:
+        rows = len(condition["given" if flag == "--given" else "observed"])
+        if rows not in (1, args.n):
+            raise UsageError(f"{flag} {path!r} has {rows} rows; give one row (the same for every sample) or "
+                             f"one row per sample with --n {rows}")
+    return condition, given
+
+
+def _rows(a, start: int, size: int):
+    """Rows start..start+size−1 of a per-sample condition (N, D); a shared row (1, D) or a (D,) vector as is."""
+    return a[start:start + size] if np.ndim(a) == 2 and len(a) > 1 else a
+
+
 def cmd_sample(args) -> None:
     model, schedule, meta, mean, std = load_trained(args.checkpoint)
     d = mean.size
     variance = variance_of(meta, args)
     check_sample_flags(meta, args, schedule)
+    condition, given = load_condition(args, d, mean, std)
     check_sample_out(args, d)
     rng = backend.default_rng(args.seed)
     bar = Progress(args.n, label="sampled", unit="points")
     with streaming.write_points(args.out, args.n, d) as writer:
         for size in streaming.chunk_sizes(args.n, args.chunk):
-            z = backend.to_numpy(_draw_chunk(model, schedule, meta, args, variance, size, rng)).astype(np.float64)
+            start = writer.rows
+            part = None if condition is None else {k: _rows(v, start, size) for k, v in condition.items()}
+            z = backend.to_numpy(_draw_chunk(model, schedule, meta, args, variance, part, size, rng)).astype(np.float64)
             x = data.unstandardize(z, mean, std)
+            if given is not None:  # the chain lands on them up to float32 rounding; the user gets them exactly
+                g = _rows(given, start, size)
+                x = np.where(np.isnan(g), x, g)
             if not np.isfinite(x).all():
                 raise FloatingPointError("sampling produced non-finite values; nothing was written")
             writer.write(x)

@@ -16,7 +16,7 @@ import sys
 
 import numpy as np
 
-from npdiff import backend, checkpoint, data, streaming, train
+from npdiff import backend, checkpoint, data, safeguards, streaming, train
 from npdiff.cli_args import UsageError
 from npdiff.diffusion import DEFAULT_VARIANCE, Diffusion
 from npdiff.optim import EMA, AdamW, cosine_lr
@@ -71,7 +71,7 @@ def check_train_out(args):
     if os.path.splitext(out)[1].lower() != ".npz":
         raise UsageError(f"--out {out!r}: name a .npz checkpoint file")
     try:
-        train.check_checkpoint_path(out)
+        safeguards.check_checkpoint_path(out)
     except OSError as err:
         raise UsageError(f"--out {out!r}: cannot write in its folder: {err.strerror or err}") from None
     if args.resume and args.force:

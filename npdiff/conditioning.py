@@ -132,6 +132,7 @@ class Conditioned:
         self.process, self.method = process, method
         self.schedule, self.data_dim, self.dtype = process.schedule, process.data_dim, process.dtype
         self.m, self.v = factor(self.data_dim, given, observed, noise_std)  # host float64 (R, D)
+        self._on_backend: dict = {}  # (dtype, xp) -> (m, v) moved once, not at every step
         for name in ("predicts_eps", "clip_x0", "max_gain"):  # the sampler's error-gain check still applies
             if hasattr(process, name):
                 setattr(self, name, getattr(process, name))
@@ -143,7 +144,10 @@ class Conditioned:
                              f"not {like.shape[0]}")
         if callable(self.method):
             return self.method(t_prev, like)
-        m, v = backend.asarray(self.m, like.dtype), backend.asarray(self.v, like.dtype)
+        key = (like.dtype, backend.xp)
+        if key not in self._on_backend:
+            self._on_backend[key] = (backend.asarray(self.m, like.dtype), backend.asarray(self.v, like.dtype))
+        m, v = self._on_backend[key]
         if self.method == "paper":
             return m, v, 0.0
         ab = self.schedule.at("alpha_bar", t_prev, like)  # ᾱ_{t−1}: (N, 1), or 0-d for an int

@@ -49,9 +49,12 @@ def min_snr_weight(schedule: Schedule, prediction: str, t, gamma: float, like):
 
 
 def epsilon_loss(eps_theta, noise):
-    """L = mean (ε_θ − ε)² over all N·D entries, and dL/dε_θ = 2(ε_θ − ε)/(N·D).  -> (float, (N, D))"""
+    """L = mean (ε_θ − ε)² over all N·D entries, and dL/dε_θ = 2(ε_θ − ε)/(N·D).  -> (0-d array, (N, D))
+
+    The loss stays on the backend (a GPU would sync to read it); ``float(loss)`` reads it.
+    """
     diff = eps_theta - noise  # (N, D)
-    loss = float((diff * diff).mean())
+    loss = (diff * diff).mean()
     return loss, diff * (2.0 / diff.size)
 
 
@@ -66,7 +69,7 @@ def draw_inputs(schedule: Schedule, model, x0, rng, t=None, noise=None, first: i
         t = schedule.sample_t(x0.shape[0], rng, first)
     if noise is None:
         noise = rng.standard_normal(x0.shape, dtype=x0.dtype)
-    return x0, backend.asarray(t), backend.asarray(noise, dtype=x0.dtype)
+    return x0, schedule.as_timesteps(t), backend.asarray(noise, dtype=x0.dtype)  # a given t is checked first
 
 
 def check_out_dim(model, factor: int, what: str) -> None:
@@ -83,7 +86,7 @@ class EpsilonObjective:
 
     ``loss_and_backward(model, x0, rng)`` draws t ∈ {1..T} and ε ~ N(0, I) (or takes them given, for
     deterministic gradient checks), runs the forward pass, and ADDS dL/dθ into the model's ``grads``
-    through ``model.backward`` (the caller zeroes them). Returns the scalar loss.
+    through ``model.backward`` (the caller zeroes them). Returns the loss, a 0-d backend array.
     prediction: what f predicts, "eps" (DDPM), "x0" or "v"; min_snr_gamma: None (uniform weights, L_simple)
     or γ of the min-SNR-γ weighting (Hang et al. use 5).
     """
@@ -104,19 +107,22 @@ class EpsilonObjective:
             return epsilon_loss(f_theta, target)
         weight = min_snr_weight(self.schedule, self.prediction, t, self.min_snr_gamma, f_theta)  # (N, 1)
         diff = f_theta - target  # (N, D)
-        return float((weight * diff * diff).mean()), weight * diff * (2.0 / diff.size)
+        return (weight * diff * diff).mean(), weight * diff * (2.0 / diff.size)
 
     def check_model(self, model) -> None:
         check_out_dim(model, self.out_factor, "the ε objective")
 
     def loss(self, model, x0, rng=None, *, t=None, noise=None) -> float:
-        """The loss alone (a forward pass, no gradient)."""
+        """The loss alone (a forward pass, no gradient), as a Python float."""
         self.check_model(model)
         x0, t, noise = draw_inputs(self.schedule, model, x0, rng, t, noise)
-        return self._loss(model.forward(self.schedule.q_sample(x0, t, noise), t), x0, t, noise)[0]
+        return float(self._loss(model.forward(self.schedule.q_sample(x0, t, noise), t), x0, t, noise)[0])
 
-    def loss_and_backward(self, model, x0, rng=None, *, t=None, noise=None) -> float:
-        """Forward, L_simple, and model.backward(dL/dε_θ).  x0 (N, D); t (N,) and noise (N, D) optional."""
+    def loss_and_backward(self, model, x0, rng=None, *, t=None, noise=None):
+        """Forward, L_simple, and model.backward(dL/dε_θ).  x0 (N, D); t (N,) and noise (N, D) optional.
+
+        Returns the loss as a 0-d backend array: it is not read back to the host (``float()`` does that).
+        """
         self.check_model(model)
         x0, t, noise = draw_inputs(self.schedule, model, x0, rng, t, noise)
         x_t = self.schedule.q_sample(x0, t, noise)  # (N, D)
@@ -178,7 +184,7 @@ class EpsilonChain:
 
     def _forward(self, x_t, t):
         """The network's output split into f_θ (N, D) and the variance half (N, D) or None."""
-        out = self.model.forward(x_t, t)
+        out = self.model.forward(x_t, self.schedule.as_timesteps(t))
         d = self.data_dim
         return out[:, :d], (out[:, d:] if out.shape[1] == 2 * d else None)
 

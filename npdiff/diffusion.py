@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from npdiff import backend, checkpoint, likelihood, sampling, train
+from npdiff import backend, checkpoint, conditioning, likelihood, sampling, train
 from npdiff.ddpm import EpsilonChain, EpsilonObjective
 from npdiff.hybrid import HybridObjective
 from npdiff.models import Denoiser
@@ -116,11 +116,27 @@ class Diffusion:
             self.ema.swap()
 
     def sample(self, n: int, seed: int = 0, rng=None, *, sampler: str = "ancestral", ddim_steps: int | None = None,
-               eta: float = 0.0, clip_x0=None, x_T=None, record: bool = False):
-        """n samples (n, D) as a host NumPy array (``sampling.sample``; record=True adds (ts, xs))."""
+               eta: float = 0.0, clip_x0=None, x_T=None, record: bool = False, given=None, observed=None,
+               noise_std=None, condition: str = "paper"):
+        """n samples (n, D) as a host NumPy array (``sampling.sample``; record=True adds (ts, xs)).
+
+        given / observed / noise_std: sample p(x0) r(x0) instead, conditioned on known coordinates (NaN =
+        free) or on a noisy observation y = x0 + N(0, noise_std²), (D,) or (n, D) in the model's coordinates;
+        condition: r_t along the chain, "paper" or "replace" (``conditioning.Conditioned``, ancestral only).
+        The chain starts at a draw of p̃(x_T) unless x_T is given.
+        """
         rng = backend.default_rng(seed) if rng is None else rng
-        out = self._averaged(lambda: sampling.sample(self.chain(clip_x0), n, rng, sampler=sampler,
-                                                     ddim_steps=ddim_steps, eta=eta, x_T=x_T, record=record))
+        if given is None and observed is None and noise_std is None:
+            if condition != "paper":
+                raise ValueError("condition applies with given or observed (and noise_std)")
+            process = self.chain(clip_x0)
+        elif sampler != "ancestral":
+            raise ValueError("a conditioned chain samples with sampler='ancestral' (it has no ε prediction for DDIM)")
+        else:
+            process = conditioning.Conditioned(self.chain(clip_x0), given, observed, noise_std, method=condition)
+            x_T = process.x_T(n, rng) if x_T is None else x_T
+        out = self._averaged(lambda: sampling.sample(process, n, rng, sampler=sampler, ddim_steps=ddim_steps, eta=eta,
+                                                     x_T=x_T, record=record))
         if record:
             x, ts, xs = out
             return backend.to_numpy(x), ts, xs

@@ -43,7 +43,7 @@ class SinusoidalEmbedding(Module):
         self.omega = frequencies(size, dtype) * self.scale  # c·ω, (F,); a Python float keeps the dtype
 
     def forward(self, x, out=None):
-        """out: an optional (N, D·E) array (a column slice of a wider one is fine) to write into.
+        """out: an optional (N, D·E) array to write into (a column slice of a wider one is fine).
 
         The cache holds views of the output (sin and cos are their own derivatives' inputs), so do
         not modify the output in place before ``backward``.
@@ -56,40 +56,38 @@ class SinusoidalEmbedding(Module):
             out = xp.empty((n, d * self.size), dtype=arg.dtype)
         elif out.shape != (n, d * self.size) or out.strides[-1] != out.itemsize:
             raise ValueError(f"out must have shape {(n, d * self.size)} with contiguous columns")
-        # plain: y = concatenate([sin(arg), cos(arg)], axis=2).reshape(n, d·E); written in place instead
-        sc = out.reshape(n, d, 2, f)  # a view (contiguous columns split): [sin | cos] per coordinate
-        s, c = sc[:, :, 0], sc[:, :, 1]
-        xp.sin(arg, out=s)
-        xp.cos(arg, out=c)
-        self.cache = (s, c)  # both derivatives are the other function
-        return out
+        # y = concatenate([sin(arg), cos(arg)], axis=2).reshape(N, D·E), each half written in place
+        halves = out.reshape(n, d, 2, f)  # a view: [sin | cos] per coordinate
+        xp.sin(arg, out=halves[:, :, 0])
+        xp.cos(arg, out=halves[:, :, 1])
+        self.cache = (halves[:, :, 0], halves[:, :, 1])  # sin and cos: each one's derivative is the other
+        return out  # (N, D·E)
 
     def backward(self, dy):
         s, c = self.take_cache()
         n, d, f = s.shape
-        dy = dy.reshape(n, d, 2, f)  # [dL/dsin | dL/dcos] per coordinate
+        d_sin_cos = dy.reshape(n, d, 2, f)  # [dL/dsin | dL/dcos] per coordinate
         # dL/dx = Σ_k cω_k (dL/dsin_k · cos_k − dL/dcos_k · sin_k)
-        return ((dy[:, :, 0] * c - dy[:, :, 1] * s) @ self.omega[:, None])[:, :, 0]  # (N, D)
-
+        return (d_sin_cos[:, :, 0] * c - d_sin_cos[:, :, 1] * s).dot(self.omega)  # (N, D)
 
 
 class TimestepEmbedding(Module):
     """emb(t) of integer timesteps t ≥ 0, looked up in a table of constants.  t (N,) -> y (N, E).
 
-    The rows of ``table`` are emb(0), emb(1), …, emb(t_max), computed by ``SinusoidalEmbedding`` (so the
-    numbers are the same to the last bit); the table grows when a larger t arrives. A lookup is one
-    gather, where embedding each row costs a sine and a cosine per feature. t gets no gradient, so this
-    layer has no backward.
+    Row k of ``table`` is emb(k), computed by ``SinusoidalEmbedding`` (so the numbers are the same to
+    the last bit) for k = 0 … t_max; the table grows when a larger t arrives. A lookup is one gather,
+    where embedding a row costs a sine and a cosine per feature. t gets no gradient: no backward.
     """
 
     def __init__(self, size: int, scale: float = 1.0, dtype="float32") -> None:
         super().__init__()
+        self.size = size
         self.sinusoidal = SinusoidalEmbedding(size, scale, dtype)
         self.table = None  # (t_max + 1, E): row k is emb(k)
         self.table_backend = None  # the backend the table lives on (``backend.set_backend`` may switch)
 
     def forward(self, t, out=None):
-        """out: an optional (N, E) array (a column slice of a wider one is fine) to write into."""
+        """out: an optional (N, E) array to write into (a column slice of a wider one is fine)."""
         xp = backend.xp
         if t.ndim != 1 or t.dtype.kind not in "iu":
             raise TypeError(f"timesteps must be a 1-D array of integers, got {t.dtype} of shape {tuple(t.shape)}")

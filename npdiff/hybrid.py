@@ -30,7 +30,8 @@ class HybridObjective:
 
     ``loss_and_backward(model, x0, rng, t=None, noise=None)`` adds dL/dθ into the model (2·D outputs)
     and returns the batch-mean loss. Stored after each call: ``last_simple`` and ``last_vlb`` (the batch
-    mean of T·L_{t−1}, nats per point: an unbiased estimate of the bound's L_0 + … + L_{T−1}).
+    mean of T·L_{t−1}, nats per point: an unbiased estimate of the bound's L_0 + … + L_{T−1}). All three
+    are 0-d backend arrays, never read back to the host here (``float()`` reads them).
     """
 
     def __init__(self, schedule: Schedule, lam: float = 0.001) -> None:
@@ -57,18 +58,18 @@ class HybridObjective:
         nll = -gaussian.log_density(x0, mean_p, log_var_p)
         term = xp.where(decoder, nll, kl).sum(axis=1)  # L_{t−1} per point, nats (N,)
         scale = self.lam * schedule.T / (d * math.log(2.0))  # λ·T·L_{t−1} in bits per dimension
-        loss = float(simple) + scale * float(term.mean())
+        loss = simple + scale * term.mean()
         cache = (noise, eps_theta, mean_q, log_var_q, mean_p, log_var_p, vcache, decoder, x0, scale)
-        return loss, float(simple), float(schedule.T * term.mean()), cache
+        return loss, simple, schedule.T * term.mean(), cache
 
     def loss(self, model, x0, rng=None, *, t=None, noise=None, frozen_eps=None) -> float:
         """The loss alone. ``frozen_eps`` (N, D) replaces ε_θ inside L_vlb's mean: with it set to the
         current ε_θ, the loss's finite-difference gradient is the stop-gradient one that backward computes."""
         self.check_model(model)
         x0, t, noise = draw_inputs(self.schedule, model, x0, rng, t, noise)
-        return self._forward(model, x0, t, noise, frozen_eps)[0]
+        return float(self._forward(model, x0, t, noise, frozen_eps)[0])
 
-    def loss_and_backward(self, model, x0, rng=None, *, t=None, noise=None) -> float:
+    def loss_and_backward(self, model, x0, rng=None, *, t=None, noise=None):
         xp = backend.xp
         self.check_model(model)
         x0, t, noise = draw_inputs(self.schedule, model, x0, rng, t, noise)

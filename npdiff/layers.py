@@ -12,7 +12,8 @@ parameters with dots ("1.fn.0.W").
 Every line is the textbook formula. Where the plain NumPy expression is slow at npdiff's sizes (a sum
 over the batch, a mean over features, the GELU) or unsafe (the sigmoid), the line calls a named
 primitive from ``npdiff.primitives`` whose docstring gives the plain formula and whose test proves the
-two equal.
+two equal. Products are written ``x.dot(W)``: the array method skips NumPy's dispatch layer, about
+0.3 µs a call (a tenth of a small layer's forward pass).
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ class Module:
     def __init__(self) -> None:
         self.params: dict = {}
         self.grads: dict = {}
-        self.cache = None
+        self.cache = None  # what forward kept for backward; None before forward and after backward
+        self.spent_cache = None  # the cache backward last took (see take_cache)
 
     def children(self) -> list[tuple[str, "Module"]]:
         """(name, module) pairs of sub-modules; leaves have none."""
@@ -90,15 +92,14 @@ class Linear(Module):
 
     def forward(self, x):
         self.cache = x  # dL/dW needs the input
-        return backend.xp.dot(x, self.params["W"]) + self.params["b"]  # x W + b  (N, H)
+        return x.dot(self.params["W"]) + self.params["b"]  # x W + b  (N, H)
 
     def backward(self, dy, input_grad: bool = True):
         """dL/dx (N, I), or None when ``input_grad`` is False (a first layer's input needs none)."""
         x = self.take_cache()
-        dot = backend.xp.dot
-        self.grads["W"] += dot(x.T, dy)  # dL/dW = xᵀ · dL/dy    (I, H)
+        self.grads["W"] += x.T.dot(dy)  # dL/dW = xᵀ · dL/dy     (I, H)
         self.grads["b"] += batch_sum(dy)  # dL/db = Σ_n dL/dy      (H,)
-        return dot(dy, self.params["W"].T) if input_grad else None  # dL/dx = dL/dy · Wᵀ  (N, I)
+        return dy.dot(self.params["W"].T) if input_grad else None  # dL/dx = dL/dy · Wᵀ  (N, I)
 
 
 class ReLU(Module):
@@ -198,9 +199,13 @@ class LayerNorm(Module):
         self.grads["gamma"] += batch_sum(dy * xhat)  # dL/dγ = Σ_n dy·x̂     (H,)
         self.grads["beta"] += batch_sum(dy)  # dL/dβ = Σ_n dy                 (H,)
         dxhat = dy * self.params["gamma"]  # dL/dx̂ = dy·γ                   (N, H)
-        # x̂ depends on x directly and through μ and σ²: with means over features,
-        # dL/dx = (dx̂ − mean(dx̂) − x̂·mean(dx̂·x̂)) / √(σ² + ε)
-        return (dxhat - row_mean(dxhat) - xhat * row_mean(dxhat * xhat)) * inv_std  # (N, H)
+        # x̂ depends on x directly and through μ and σ² (llm.c's layernorm_backward, term for term):
+        # dL/dx = (dx̂ − mean(dx̂) − x̂·mean(dx̂·x̂)) / √(σ² + ε), means over features
+        dxhat_mean = row_mean(dxhat)  # (N, 1)
+        dxhat_xhat_mean = row_mean(dxhat * xhat)  # (N, 1)
+        dx = dxhat - dxhat_mean - xhat * dxhat_xhat_mean  # (N, H)
+        dx *= inv_std
+        return dx
 
 
 class Sequential(Module):

@@ -124,8 +124,18 @@ def _rows(process, x0, t, rng, batch_size):
     return out
 
 
+def _draw_t(timesteps: np.ndarray, p: np.ndarray, size: int, rng) -> np.ndarray:
+    """``size`` host draws of the timesteps with probabilities p, by the inverse CDF of uniform draws: the
+    numbers ``rng.choice(timesteps, size, p=p)`` gives on NumPy, and a CuPy generator (which has no
+    ``choice``) works too."""
+    cdf = p.cumsum()
+    cdf /= cdf[-1]
+    u = backend.to_numpy(rng.random(size))
+    return timesteps[cdf.searchsorted(u, side="right")]
+
+
 def _prepare(x0):
-    x0 = backend.asarray(backend.to_numpy(x0), "float64")
+    x0 = backend.asarray(x0, "float64")  # host data move to the backend; device data stay there
     if x0.ndim != 2:
         raise ValueError(f"x0 must have shape (N, D); got {tuple(x0.shape)}")
     return x0
@@ -155,7 +165,7 @@ def mc_bound(process, x0, rng, n_t: int = 1, t_probs=None, log_det: float = 0.0,
     p = np.full(T, 1.0 / T) if t_probs is None else np.asarray(t_probs, dtype=np.float64)
     if p.shape != (T,) or np.any(p <= 0) or abs(p.sum() - 1.0) > 1e-9:
         raise ValueError("t_probs must be T positive probabilities summing to 1")
-    t = rng.choice(process.schedule.timesteps(), size=n * n_t, p=p)
+    t = _draw_t(process.schedule.timesteps(), p, n * n_t, rng)
     terms = _rows(process, backend.xp.repeat(x0, n_t, axis=0), t, rng, batch_size) / p[t - 1]
     values = -(backend.to_numpy(prior_term(process.schedule, x0)) + terms.reshape(n, n_t).mean(axis=1))
     name = "Monte Carlo over t" + ("" if t_probs is None else " (importance-sampled)")

@@ -6,6 +6,8 @@ Shape glossary: P, the number of scalar parameters; every array here is a (P,) f
 Adam (Kingma & Ba 2015, Algorithm 1), step k with gradient g:
     m ← β1 m + (1 − β1) g,   v ← β2 v + (1 − β2) g²
     θ ← θ − lr · m̂ / (√v̂ + ε),   m̂ = m/(1 − β1^k),  v̂ = v/(1 − β2^k)
+  computed as θ ← θ − α_k·m/(√v + ε̂), α_k = lr·√(1 − β2^k)/(1 − β1^k), ε̂ = ε·√(1 − β2^k), the same
+  update reordered as the paper suggests (Section 2), with two passes over (P,) fewer
 AdamW (Loshchilov & Hutter 2019) first decays the weights, decoupled from g: θ ← θ(1 − lr·λ).
 """
 
@@ -44,10 +46,11 @@ class Adam:
             self.params *= 1 - lr * self.weight_decay  # AdamW: θ ← θ(1 − lr·λ)
         moving_average_(self.m, g, b1)  # m ← β1 m + (1 − β1) g
         moving_average_(self.v, g * g, b2)  # v ← β2 v + (1 − β2) g²
-        # θ ← θ − lr·m̂/(√v̂ + ε), m̂ = m/(1 − β1^k), v̂ = v/(1 − β2^k); the scalar 1/(1 − β1^k) goes
-        # into the step size, as PyTorch does
-        step_size = lr / (1 - b1**k)
-        self.params -= step_size * self.m / (xp.sqrt(self.v / (1 - b2**k)) + self.eps)
+        # θ ← θ − lr·m̂/(√v̂ + ε), m̂ = m/(1 − β1^k), v̂ = v/(1 − β2^k), in Kingma & Ba's own reordering
+        # (Section 2): θ ← θ − α_k·m/(√v + ε̂), α_k = lr·√(1 − β2^k)/(1 − β1^k), ε̂ = ε·√(1 − β2^k)
+        alpha = lr * math.sqrt(1 - b2**k) / (1 - b1**k)
+        eps_hat = self.eps * math.sqrt(1 - b2**k)
+        self.params -= alpha * self.m / (xp.sqrt(self.v) + eps_hat)
 
     def state_dict(self) -> dict:
         """Arrays and counters needed to resume exactly (host NumPy arrays)."""
@@ -75,7 +78,7 @@ class AdamW(Adam):
 
 def grad_norm(grads) -> float:
     """‖g‖₂ of the flat gradient buffer (P,)."""
-    return math.sqrt(float(backend.xp.dot(grads, grads)))
+    return math.sqrt(float(grads.dot(grads)))
 
 
 def clip_grad_norm(grads, max_norm: float, norm: float | None = None) -> float:

@@ -1,6 +1,6 @@
 """Exact reverse processes for Gaussian data: the references every sampler and bound is tested against.
 
-Shape glossary: N batch, D data dims, U distinct timesteps in a batch.
+Shape glossary: N batch, D data dims, T diffusion steps.
 
 For data x_0 ~ N(m, S) every marginal of the forward process is Gaussian, q(x_t) = N(√ᾱ_t m, Σ_t) with
 Σ_t = ᾱ_t S + (1 − ᾱ_t) I, so the ideal networks are known in closed form:
@@ -32,13 +32,24 @@ class GaussianEpsilon:
         self.mean = np.asarray(mean, dtype=np.float64)  # (D,)
         self.cov = np.asarray(cov, dtype=np.float64)  # (D, D)
         self.data_dim, self.dtype = self.mean.size, backend.xp.dtype(dtype)
+        # every t's gain √(1−ᾱ_t) Σ_t⁻¹ and shift √ᾱ_t m, on the host, for t = 0..T: (T+1)·D² numbers,
+        # gathered by t on the backend (the timesteps never leave the device)
+        a = schedule.alpha_bar[:, None, None]  # (T+1, 1, 1)
+        cov_t = a * self.cov + (1 - a) * np.eye(self.data_dim)  # Σ_t (T+1, D, D)
+        self.gain = np.sqrt(1 - a) * np.linalg.inv(cov_t)  # (T+1, D, D)
+        self.shift = np.sqrt(a[:, :, 0]) * self.mean  # (T+1, D)
+        self._tables: dict = {}
+
+    def _table(self, name: str, dtype):
+        key = (name, np.dtype(dtype), backend.xp)
+        if key not in self._tables:
+            self._tables[key] = backend.asarray(getattr(self, name), dtype=dtype)
+        return self._tables[key]
 
     def forward(self, x_t, t):
-        steps, rows = np.unique(backend.to_numpy(t), return_inverse=True)  # t = steps[rows]
-        a = self.schedule.alpha_bar[steps][:, None, None]  # ᾱ_t per distinct t  (U, 1, 1)
-        cov_t = a * self.cov + (1 - a) * np.eye(self.data_dim)  # Σ_t (U, D, D)
-        gain = backend.asarray((np.sqrt(1 - a) * np.linalg.inv(cov_t))[rows], dtype=x_t.dtype)  # (N, D, D)
-        centred = x_t - backend.asarray(np.sqrt(a[:, :, 0]) * self.mean, dtype=x_t.dtype)[rows]  # (N, D)
+        t = self.schedule.as_timesteps(t)
+        gain = self._table("gain", x_t.dtype)[t]  # (N, D, D)
+        centred = x_t - self._table("shift", x_t.dtype)[t]  # (N, D)
         return backend.xp.einsum("nij,nj->ni", gain, centred)
 
 
@@ -52,8 +63,12 @@ class GaussianOracle:
         self.coef = np.sqrt(schedule.alphas) * v_prev / v
         var = v_prev[1:] - schedule.alphas[1:] * v_prev[1:] ** 2 / v[1:]  # t = 1..T (t = 0 would be 0)
         self.log_var = np.log(np.concatenate([var[:1], var]))
+        self._tables: dict = {}
 
     def kernel(self, x_t, t):
-        t = backend.to_numpy(t)
-        coef = backend.asarray(self.coef[t], x_t.dtype)[:, None]
-        return coef * x_t, backend.xp.broadcast_to(backend.asarray(self.log_var[t], x_t.dtype)[:, None], x_t.shape)
+        t = self.schedule.as_timesteps(t)
+        key = (np.dtype(x_t.dtype), backend.xp)
+        if key not in self._tables:  # coef and log σ² for t = 0..T, on the backend in x_t's dtype
+            self._tables[key] = (backend.asarray(self.coef, x_t.dtype), backend.asarray(self.log_var, x_t.dtype))
+        coef, log_var = self._tables[key]
+        return coef[t][:, None] * x_t, backend.xp.broadcast_to(log_var[t][:, None], x_t.shape)

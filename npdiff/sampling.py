@@ -78,12 +78,14 @@ def _start(process, n, rng, x_T):
     return x_T
 
 
-def _record(x, t: int, xs) -> None:
-    """After the step from t: stop on non-finite values; keep a host copy of x when recording."""
-    if not bool(backend.xp.isfinite(x).all()):
-        raise FloatingPointError(f"sampling produced non-finite values at t={t}")
-    if xs is not None:
-        xs.append(backend.to_numpy(x).copy())
+def _check_finite(finite: list, ts: list) -> None:
+    """Stop on the first step whose result held a NaN or inf. finite: one device boolean per step, read back
+    here all at once (one transfer per chain, not one per step); ts: the step each was taken from."""
+    if not finite:
+        return
+    ok = backend.to_numpy(backend.xp.stack(finite))
+    if not ok.all():
+        raise FloatingPointError(f"sampling produced non-finite values at t={ts[int(np.argmin(ok))]}")
 
 
 def sample(process, n: int, rng, *, sampler: str = "ancestral", ddim_steps: int | None = None, eta: float = 0.0,
@@ -111,14 +113,18 @@ def sample(process, n: int, rng, *, sampler: str = "ancestral", ddim_steps: int 
     check_gain(process, {t: ancestral_gain(schedule, t) if sampler == "ancestral"
                          else ddim_gain(schedule, t, t_prev, eta) for t, t_prev in pairs})
     x = _start(process, n, rng, x_T)
-    xs = [backend.to_numpy(x).copy()] if record else None
+    xs = [backend.to_numpy(x).copy()] if record else None  # recording is an explicit host copy per step
+    finite = []  # is x finite after each step: device booleans, checked once at the end
     for t, t_prev in pairs:
         t_rows = backend.xp.full(x.shape[0], t, dtype=np.int64)
         if sampler == "ancestral":
             x = ancestral_step(process, x, t_rows, t, rng)
         else:
             x = ddim_step(process, x, t_rows, t, t_prev, eta, rng)
-        _record(x, t, xs)
+        finite.append(backend.xp.isfinite(x).all())
+        if record:
+            xs.append(backend.to_numpy(x).copy())
+    _check_finite(finite, ts)
     return (x, np.array(ts + [0]), np.stack(xs)) if record else x
 
 

@@ -21,7 +21,11 @@ decoder step p(x_0|x_1) of every bound (``is_decoder``). Every objective, sample
 schedule for these instead of re-deriving them.
 
 All arrays are float64 NumPy on the host (they are small); ``Schedule.at(name, t, like)`` gathers values
-at integer timesteps onto the backend in a given dtype.
+at integer timesteps onto the backend in a given dtype, from a copy of the array kept on the backend, so
+timesteps that live on the device (``sample_t`` with CuPy's generator, the sampler's rows) are never read
+back to the host. Timesteps given from the host are range-checked there; CuPy does not check an index
+array against the bounds (it wraps around), so device timesteps are trusted: they are made on the
+device from checked values.
 """
 
 from __future__ import annotations
@@ -40,7 +44,12 @@ ARRAY_NAMES = (
 )
 DECODER_T = 1  # the step whose reverse kernel is the decoder p(x_0|x_1)
 
-__all__ = ["ARRAY_NAMES", "DECODER_T", "SCHEDULES", "Schedule", "expected_prior_kl", "prior_kl"]
+__all__ = ["ARRAY_NAMES", "DECODER_T", "SCHEDULES", "Schedule", "expected_prior_kl", "is_host", "prior_kl"]
+
+
+def is_host(t) -> bool:
+    """True for timesteps on the host (a Python or NumPy integer, a NumPy array, a list), False on the device."""
+    return isinstance(t, (int, np.integer, np.ndarray, list, tuple))
 
 
 def _check_kl_args(alpha_bar_T: float, data_var: float) -> None:
@@ -114,6 +123,7 @@ class Schedule:
         floor = self.posterior_var[2] if T >= 2 else self.betas[1]
         self.posterior_log_var_clipped = np.log(np.concatenate([[floor, floor], self.posterior_var[2:]]))
         self.snr = np.concatenate([[np.inf], self.alpha_bar[1:] / one_minus[1:]])
+        self._tables: dict = {}  # (name, dtype, xp) -> the array on that backend in that dtype
 
     @classmethod
     def from_betas(cls, betas) -> "Schedule":
@@ -122,20 +132,40 @@ class Schedule:
         return cls(len(betas), "custom", betas=betas)
 
     def at(self, name: str, t, like):
-        """``getattr(self, name)[t]`` on the backend in ``like``'s dtype, shaped to broadcast against ``like``.
+        """``getattr(self, name)[t]`` in ``like``'s dtype and array module (the backend's, or NumPy for a host
+        array), shaped to broadcast against ``like``.
 
         t: int, or integer array (N,) of timesteps in 0..T (host or backend); like: an array (N, ...).
         Returns a 0-d array for an int t, else shape (N, 1, ..., 1) with ``like.ndim`` axes.
         """
         if name not in ARRAY_NAMES:
             raise ValueError(f"unknown schedule array {name!r}; choose one of {', '.join(ARRAY_NAMES)}")
-        t_host = np.asarray(backend.to_numpy(t))
-        if t_host.size and (t_host.min() < 0 or t_host.max() > self.T):
-            raise ValueError(f"timesteps must lie in 0..{self.T}; got min {t_host.min()}, max {t_host.max()}")
-        values = backend.xp.asarray(getattr(self, name)[t_host], dtype=like.dtype)
-        if t_host.ndim == 0:
-            return values
-        return values.reshape(t_host.shape + (1,) * (like.ndim - t_host.ndim))
+        xp = np if isinstance(like, np.ndarray) else backend.xp  # where ``like`` lives: host data stay on the host
+        key = (name, np.dtype(like.dtype), xp)
+        table = self._tables.get(key)
+        if table is None:
+            table = self._tables[key] = xp.asarray(getattr(self, name), dtype=like.dtype)  # (T+1,)
+        if is_host(t):
+            t = self.check_timesteps(t)
+            if t.ndim == 0:
+                return table[int(t), ...]  # 0-d
+            t = xp.asarray(t)
+        values = table[t]  # a gather on the backend
+        return values.reshape(t.shape + (1,) * (like.ndim - t.ndim))
+
+    def as_timesteps(self, t):
+        """t on the backend: host timesteps (an int array, a list) are range-checked here, then moved;
+        device timesteps are returned as they are (see the module docstring).  -> (N,) integers"""
+        return backend.asarray(self.check_timesteps(t)) if is_host(t) else t
+
+    def check_timesteps(self, t) -> np.ndarray:
+        """Host timesteps (an int or an integer array) as a NumPy array, or ValueError unless all lie in 0..T."""
+        t = np.asarray(t)
+        if t.dtype.kind not in "iu" and t.size:
+            raise ValueError(f"timesteps must be integers, got dtype {t.dtype}")
+        if t.size and (t.min() < 0 or t.max() > self.T):
+            raise ValueError(f"timesteps must lie in 0..{self.T}; got min {t.min()}, max {t.max()}")
+        return t
 
     # the forward process q and its posterior (module docstring), for x0, x_t, noise (N, D) and t (N,)
 
@@ -218,7 +248,7 @@ class Schedule:
     @staticmethod
     def is_decoder(t):
         """(N, 1) booleans on the backend: which rows are at the decoder step t = 1.  t: (N,) integers."""
-        return backend.asarray(np.asarray(backend.to_numpy(t)) == DECODER_T)[:, None]
+        return (backend.asarray(t) == DECODER_T)[:, None]
 
     def prior_kl(self, data_var: float = 1.0) -> float:
         """``prior_kl(ᾱ_T, data_var)``: KL(q(x_T) ‖ N(0, 1)) per dimension in nats."""

@@ -99,12 +99,11 @@ class SohlDicksteinChain:
     def kernel(self, x_t, t):
         """(mean (N, D), log_var (N, D)) of p(x_{t−1}|x_t); rows with t = 1 get N(√α_1 x_1, β_1)."""
         xp, schedule = backend.xp, self.schedule
-        x_t = x_t.astype(self.dtype, copy=False)
+        x_t, t = x_t.astype(self.dtype, copy=False), schedule.as_timesteps(t)
         mean, log_var, _ = reverse_kernel(schedule, self.model.forward(x_t, t), x_t, t)
-        decoder = schedule.is_decoder(t)  # (N, 1)
-        if bool(decoder.any()):
-            mean = xp.where(decoder, schedule.at("alphas", DECODER_T, x_t) ** 0.5 * x_t, mean)
-            log_var = xp.where(decoder, xp.log(schedule.at("betas", DECODER_T, x_t)), log_var)
+        decoder = schedule.is_decoder(t)  # (N, 1); selected on the device, whether any row is t = 1 or none
+        mean = xp.where(decoder, schedule.at("alphas", DECODER_T, x_t) ** 0.5 * x_t, mean)
+        log_var = xp.where(decoder, xp.log(schedule.at("betas", DECODER_T, x_t)), log_var)
         return mean, log_var
 
 
@@ -112,7 +111,7 @@ class BoundObjective:
     """Minimise −K (Eq. 14) by the unbiased estimate (T − 1)·KL_t − const, t ~ U{2..T}; nats per point.
 
     ``loss_and_backward(model, x0, rng)`` adds dL/dθ into the model's gradients and returns the batch
-    mean of −K̂ (its expectation is −K). x0 (N, D) must be standardised data. ``t`` (N,) and ``noise``
+    mean of −K̂ (its expectation is −K) as a 0-d backend array. x0 (N, D) must be standardised data. ``t`` (N,) and ``noise``
     (N, D) may be given, which makes the loss deterministic for gradient checks.
     """
 
@@ -143,11 +142,11 @@ class BoundObjective:
         x0, t, noise = draw_inputs(self.schedule, model, x0, rng, t, noise, first=self.first_t)
         return float(self.forward(model, x0, t, noise)[0].mean())
 
-    def loss_and_backward(self, model, x0, rng=None, *, t=None, noise=None) -> float:
+    def loss_and_backward(self, model, x0, rng=None, *, t=None, noise=None):
         self.check_model(model)
         x0, t, noise = draw_inputs(self.schedule, model, x0, rng, t, noise, first=self.first_t)
         per_point, (mean_q, log_var_q, mean_p, log_var_p, kcache) = self.forward(model, x0, t, noise)
         dkl = (self.schedule.T - 1) / x0.shape[0]  # dL/dKL_n for L = mean_n((T−1)·KL_n)
         dmean, dlog_var = gaussian.kl_backward(mean_q, log_var_q, mean_p, log_var_p, dkl)
         model.backward(reverse_kernel_backward(kcache, dmean, dlog_var), input_grad=False)
-        return float(per_point.mean())
+        return per_point.mean()

@@ -1,17 +1,29 @@
 """The training loop: shuffled minibatches, lr schedule, clipping, EMA, progress line, checkpoints, NaN guard.
 
-Shape glossary: M training points, D data dims, B batch size.
+Shape glossary: M training points, D data dims, B batch size, P parameters.
 
 The loop knows nothing of diffusion: it drives an *objective*, any object with
 
-    loss_and_backward(model, x0, rng) -> float   # forward, loss, model.backward (adds into grads)
+    loss_and_backward(model, x0, rng) -> loss   # forward, loss, model.backward (adds into grads)
 
-(``npdiff.ddpm.EpsilonObjective``, the Sohl-Dickstein bound, …). One step of ``train_step`` is
+(``npdiff.ddpm.EpsilonObjective``, the Sohl-Dickstein bound, …), whose loss is a 0-d backend array (or a
+float). One step of ``train_step`` is
 
-    zero_grad → loss_and_backward → stop if the loss or ‖g‖ is not finite → clip ‖g‖ → optimizer → EMA
+    zero_grad → loss_and_backward → ‖g‖ → clip ‖g‖ → optimizer → EMA
 
 and ``fit`` repeats it over shuffled minibatches, writing a checkpoint every ``checkpoint_every`` steps
 (atomically, ``npdiff.checkpoint``) so that a non-finite loss leaves the last good one in place.
+
+Host transfers. On a GPU, reading a number back (``float(loss)``) waits for the device and stalls the
+queue of work, so ``fit`` keeps each step's loss and ‖g‖ on the device and reads them back in blocks: one
+transfer every ``check_every`` steps (and before a checkpoint, at a signal, at the end). That read is the
+NaN guard, the history and the progress line's loss. The guard's promise stays: a non-finite step never
+reaches the weights a run ends with. At each check that finds every step finite, ``fit`` copies the
+training state (weights, Adam's moments and step count, EMA) on the device (4·P numbers, no transfer);
+when a check finds a NaN or inf, the state is put back to that copy, the weights of the last check
+before the bad step, and NonFiniteLossError names the first bad step. A NaN is thus found up to
+``check_every`` − 1 steps late, and those steps are undone with it. ``train_step`` called on its own
+(``check=True``) reads the loss and ‖g‖ at once and refuses to update, as before.
 
 Stopping. With a checkpoint path, ``fit`` catches SIGINT (Ctrl-C) and SIGTERM: the step under way
 finishes, a checkpoint of it is written, and ``TrainingInterrupted`` (a KeyboardInterrupt) is raised
@@ -21,19 +33,20 @@ checkpoint being written, if any, is abandoned and the previous one stays intact
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import signal
-import threading
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from npdiff import backend, checkpoint, fileio
-from npdiff.optim import AdamW, clip_grad_norm, grad_norm
+from npdiff import backend, checkpoint
+from npdiff.optim import AdamW, clip_grad_norm
 from npdiff.progress import Progress
+from npdiff.safeguards import LastGoodState, check_checkpoint_path, deferred_signals
+
+CHECK_EVERY = 100  # steps between host reads of the losses in ``fit`` (module docstring)
 
 __all__ = ["Batches", "History", "NonFiniteLossError", "CheckpointWriteError", "TrainingInterrupted", "Progress",
            "train_step", "fit"]
@@ -70,7 +83,7 @@ class Batches:
     def next(self):
         """The next (B, D) batch, a view into this epoch's shuffled copy of the data."""
         if self.perm is None or self.pos + self.batch_size > self.data.shape[0]:
-            self._shuffle(self.rng.permutation(self.data.shape[0]), 0)
+            self._shuffle(backend.permutation(self.rng, self.data.shape[0]), 0)
         batch = self.shuffled[self.pos : self.pos + self.batch_size]
         self.pos += self.batch_size
         return batch
@@ -132,65 +145,57 @@ class History:
 
 
 def train_step(model, objective, x0, rng, optimizer, *, lr: float | None = None, clip: float | None = None,
-               ema=None, step: int = 0) -> tuple[float, float]:
-    """One update; returns (loss, gradient norm before clipping). Raises NonFiniteLossError before
-    touching the weights if the loss or the gradient is not finite."""
+               ema=None, step: int = 0, check: bool = True):
+    """One update; returns (loss, gradient norm before clipping).
+
+    check=True: both are read back (one host transfer) and returned as floats; a non-finite one raises
+    NonFiniteLossError before the weights are touched. check=False (``fit``): nothing is read back, both
+    are returned as 0-d backend arrays, and the update is applied whatever they hold; the caller checks
+    them later (``fit`` undoes a non-finite step; module docstring).
+    """
+    xp = backend.xp
     model.zero_grad()
     loss = objective.loss_and_backward(model, x0, rng)
-    norm = grad_norm(optimizer.grads)  # ‖g‖₂ of the flat gradient buffer, logged and used by clipping
-    if not (math.isfinite(loss) and math.isfinite(norm)):
-        raise NonFiniteLossError(f"non-finite {'loss' if not math.isfinite(loss) else 'gradient norm'} at step "
-                                 f"{step} (loss={loss}, grad norm={norm}); the weights were not updated")
+    g = optimizer.grads
+    norm = xp.sqrt(xp.dot(g, g).astype(xp.float64))  # ‖g‖₂ of the flat gradient buffer, logged and used by clipping
+    if check:
+        loss, norm = float(loss), float(norm)
+        if not (math.isfinite(loss) and math.isfinite(norm)):
+            raise NonFiniteLossError(_non_finite(step, loss, norm) + "; the weights were not updated")
     if clip is not None:
-        clip_grad_norm(optimizer.grads, clip, norm)
+        clip_grad(g, clip, norm)
     optimizer.step(lr)
     if ema is not None:
         ema.update()
     return loss, norm
 
 
-@contextlib.contextmanager
-def _deferred_signals(enabled: bool):
-    """Record SIGINT/SIGTERM in the yielded list instead of stopping; a second signal stops at once.
-    A signal the process ignores (SIG_IGN) stays ignored."""
-    received: list[int] = []
-    if not enabled or threading.current_thread() is not threading.main_thread():
-        yield received
+def clip_grad(grads, max_norm: float, norm) -> None:
+    """``optim.clip_grad_norm``'s rule, g ← g·max_norm/(‖g‖ + 1e−6) when ‖g‖ > max_norm, decided where ‖g‖ is.
+
+    A host number (a float; NumPy's float64 is one) goes to ``clip_grad_norm`` itself. A device scalar (a
+    0-d float64 array) is compared on the device, so that nothing is read back: the gradient is scaled by
+    the factor or by 1, the factor rounded to g's dtype first, as a Python float is, so the numbers equal
+    ``clip_grad_norm``'s to the bit (tested).
+    """
+    if isinstance(norm, float):
+        clip_grad_norm(grads, max_norm, norm)
         return
-
-    def handler(signum, frame):
-        if received:
-            raise KeyboardInterrupt(f"second {signal.Signals(signum).name}")
-        received.append(signum)
-
-    ignored = signal.SIG_IGN  # e.g. SIGINT of a background job (`cmd &`, nohup) stays ignored
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) != ignored}
-    try:
-        yield received
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
+    xp = backend.xp
+    factor = xp.where(norm > max_norm, max_norm / (norm + 1e-6), 1.0)
+    grads *= factor.astype(grads.dtype)
 
 
-def check_checkpoint_path(path) -> str:
-    """Refuse a checkpoint path that cannot be written, before any training: returns it as a str."""
-    path = os.fspath(path)
-    if not path or os.path.basename(path) in ("", ".", ".."):
-        raise ValueError(f"the checkpoint path {path!r} names no file")
-    if os.path.isdir(path):
-        raise ValueError(f"the checkpoint path {path!r} is a folder; name a file in it, "
-                         f"e.g. {os.path.join(path, 'model.npz')!r}")
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise ValueError(f"the folder of the checkpoint path {path!r} does not exist (create it first)")
-    fileio.check_writable_folder(path)  # OSError (read-only, no permission) before any step is spent
-    return path
+def _non_finite(step: int, loss: float, norm: float) -> str:
+    what = "loss" if not math.isfinite(loss) else "gradient norm"
+    return f"non-finite {what} at step {step} (loss={loss}, grad norm={norm})"
 
 
 def fit(model, data, objective, *, steps: int, batch_size: int = 256, optimizer=None, rng, lr_schedule=None,
         clip: float | None = None, ema=None, checkpoint_path: str | os.PathLike | None = None,
         checkpoint_every: int | None = 1000, resume: bool = False, progress: bool | None = None,
-        schedule=None, meta: dict | None = None, handle_signals: bool | None = None) -> History:
+        schedule=None, meta: dict | None = None, handle_signals: bool | None = None,
+        check_every: int = CHECK_EVERY) -> History:
     """Train ``model`` on ``data`` (M, D) for ``steps`` steps in total; returns the History.
 
     optimizer: ``optim.Adam``/``AdamW`` on the model (default AdamW, lr 1e-3, no weight decay). rng:
@@ -203,12 +208,17 @@ def fit(model, data, objective, *, steps: int, batch_size: int = 256, optimizer=
     every 15 s otherwise (``npdiff.progress``). schedule: stored in checkpoints (default
     ``objective.schedule``); meta: extra JSON-able facts. handle_signals: checkpoint and raise
     ``TrainingInterrupted`` on SIGINT/SIGTERM (default: when there is a checkpoint path).
-    A non-finite loss raises NonFiniteLossError naming the step; the last checkpoint is kept.
+    check_every: steps between reading the losses and gradient norms back to the host (the NaN check,
+    the history and the progress line's loss; module docstring). A non-finite loss or gradient raises
+    NonFiniteLossError naming the step, with the weights of the last check before it; the last checkpoint
+    is kept.
     """
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
         raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
     if checkpoint_every is not None and checkpoint_every < 0:
         raise ValueError(f"checkpoint_every must be >= 0 (0 or None: only at the end), got {checkpoint_every}")
+    if isinstance(check_every, bool) or not isinstance(check_every, (int, np.integer)) or check_every < 1:
+        raise ValueError(f"check_every must be an integer >= 1, got {check_every!r}")
     if checkpoint_path is not None:
         checkpoint_path = check_checkpoint_path(checkpoint_path)
     optimizer = AdamW(model, lr=1e-3, weight_decay=0.0) if optimizer is None else optimizer
@@ -236,25 +246,53 @@ def fit(model, data, objective, *, steps: int, batch_size: int = 256, optimizer=
                                        f"{err.strerror or err}; {kept}") from err
         saved[0] = step
 
+    last_check = LastGoodState(optimizer, ema)
+    pending: list = []  # (step, loss, ‖g‖, lr) of the steps since the last check; loss and ‖g‖ on the device
+    shown = [""]  # the progress line's loss: the last one read back
+
+    def check() -> None:
+        """Read back the pending steps' loss and ‖g‖ (one transfer); record them, or undo them all and
+        raise at the first non-finite one."""
+        if not pending:
+            return
+        xp = backend.xp
+        values = backend.to_numpy(xp.stack([xp.asarray(v, dtype=xp.float64) for _, loss, norm, _ in pending
+                                            for v in (loss, norm)])).reshape(-1, 2)  # (B, 2)
+        finite = np.isfinite(values).all(axis=1)
+        if not finite.all():
+            k = int(np.argmin(finite))
+            last_check.restore()
+            good = pending[0][0]
+            pending.clear()
+            raise NonFiniteLossError(f"{_non_finite(good + k, *values[k])}; the weights are those of step {good} "
+                                     f"(the last check before it), the {k + 1} step(s) since were undone")
+        history.loss.extend(values[:, 0].tolist())
+        history.grad_norm.extend(values[:, 1].tolist())
+        history.lr.extend(lr for _, _, _, lr in pending)
+        shown[0] = f"loss {values[-1, 0]:.4f}"
+        pending.clear()
+        last_check.mark()
+
     bar = Progress(steps, progress)
     if bar.enabled and bar.tty and schedule is not None:
         bar.stream.write(schedule.summary() + "\n")
     start = time.perf_counter()
     handle = checkpoint_path is not None if handle_signals is None else handle_signals
-    with _deferred_signals(handle) as received:
+    with deferred_signals(handle) as received:
         try:
             for step in range(first, steps):
                 lr = optimizer.lr if lr_schedule is None else float(lr_schedule(step))
                 loss, norm = train_step(model, objective, batches.next(), rng, optimizer, lr=lr, clip=clip,
-                                        ema=ema, step=step)
-                history.loss.append(loss)
-                history.lr.append(lr)
-                history.grad_norm.append(norm)
-                bar.update(step + 1, f"loss {loss:.4f}", first)
+                                        ema=ema, step=step, check=False)
+                pending.append((step, loss, norm, lr))
+                save_now = checkpoint_path is not None and checkpoint_every and (step + 1) % checkpoint_every == 0
+                if received or save_now or step + 1 == steps or (step + 1 - first) % check_every == 0:
+                    check()  # a checkpoint, an interrupted run and a finished one hold only checked steps
+                bar.update(step + 1, shown[0], first)
                 if received:
                     history.seconds = time.perf_counter() - start
                     _interrupt(received[0], step + 1, steps, checkpoint_path, save)
-                if checkpoint_path is not None and checkpoint_every and (step + 1) % checkpoint_every == 0:
+                if save_now:
                     save(step + 1)
         except NonFiniteLossError as err:
             kept = (f"the last good checkpoint is {checkpoint_path} (step {saved[0]})" if saved[0] is not None

@@ -71,3 +71,22 @@ def run_demo(tmp_path):
                               env=env, capture_output=True, text=True, timeout=timeout)
 
     return run
+
+
+@pytest.fixture()
+def strict_cupy(monkeypatch):
+    """The strict CuPy double (``tests/strict_cupy.py``) selected as the backend through
+    ``backend.set_backend("cupy")``, its transfer log cleared; NumPy is selected again afterwards.
+    Yields the double's module (``strict_cupy.TRANSFERS`` counts device→host transfers)."""
+    import strict_cupy as double
+
+    from npdiff import backend
+
+    double.install(monkeypatch)
+    double.DEVICE_COUNT[0] = 1
+    backend.set_backend("cupy")
+    double.TRANSFERS.reset()
+    try:
+        yield double
+    finally:
+        backend.set_backend("numpy")

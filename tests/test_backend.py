@@ -17,8 +17,8 @@ def restore_numpy_backend():
     backend.set_backend("numpy")
 
 
-def fake_cupy(device_count):
-    """A stand-in ``cupy`` module whose getDeviceCount returns ``device_count`` (or raises it)."""
+def fake_cupy(device_count, version="14.2.0"):
+    """A stand-in ``cupy`` module of ``version`` whose getDeviceCount returns ``device_count`` (or raises it)."""
 
     def get_device_count():
         if isinstance(device_count, Exception):
@@ -26,6 +26,7 @@ def fake_cupy(device_count):
         return device_count
 
     module = types.ModuleType("cupy")
+    module.__version__ = version
     module.cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(getDeviceCount=get_device_count))
     return module
 
@@ -55,6 +56,20 @@ def test_set_backend_cupy_without_device_raises_and_keeps_numpy(monkeypatch, cou
     with pytest.raises(RuntimeError, match="CUDA device"):
         backend.set_backend("cupy")
     assert backend.xp is np and backend.name == "numpy"
+
+
+@pytest.mark.parametrize("version", ["13.6.0", "12.3.0", "dev"])
+def test_a_cupy_older_than_14_is_refused_for_its_promotion_rules(monkeypatch, version):
+    monkeypatch.setitem(sys.modules, "cupy", fake_cupy(1, version))
+    with pytest.raises(RuntimeError, match=rf"CuPy {version} is older than 14: .*NEP 50.*\.\[gpu\]"):
+        backend.set_backend("cupy")
+    assert backend.xp is np and backend.name == "numpy"
+
+
+def test_the_version_is_checked_before_the_device(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cupy", fake_cupy(0, "13.0.0"))  # old and no device: the version is named
+    with pytest.raises(RuntimeError, match="older than 14"):
+        backend.set_backend("cupy")
 
 
 def test_set_backend_cupy_not_installed_raises_with_install_hint(monkeypatch):

@@ -213,3 +213,93 @@ def test_sample_and_eval_ask_the_library_for_at_most_a_chunk_and_see_every_point
     meta = checkpoint.load(small_model).info["meta"]
     held_out = data.make("moons", 50, np.random.default_rng(1))  # drawn whole, not 3 points at a time
     np.testing.assert_allclose(np.concatenate(seen["bound"]), (held_out - meta["data_mean"]) / meta["data_std"])
+
+
+# ---- conditional sampling: --given FILE, --observed FILE --noise-std S (docs/conditioning.md) ----------------
+
+EIGHT_MODES = 4.0 / 1.414 * np.stack([np.cos(np.arange(8) * np.pi / 4), np.sin(np.arange(8) * np.pi / 4)], 1)
+EIGHT_VAR = (0.5 / 1.414) ** 2  # each mode's variance (data.eight_gaussians)
+
+
+@pytest.fixture(scope="module")
+def gaussians_model(tmp_path_factory):
+    """An ε-model of 8gaussians good enough to tell a right conditional from a wrong one (~1.5 s)."""
+    path = tmp_path_factory.mktemp("conditional") / "m.npz"
+    assert cli.main(["train", "8gaussians", "--out", str(path), "--T", "50", "--steps", "2000", "--hidden", "32",
+                     "--n-blocks", "1", "--emb-dim", "16", "--coord-scale", "1", "--lr", "3e-3"]) == 0
+    return path
+
+
+@pytest.mark.parametrize("method", ["paper", "replace"])
+def test_given_coordinates_come_back_exactly_and_the_free_ones_on_the_true_modes(tmp_path, gaussians_model, method):
+    (tmp_path / "given.csv").write_text("x,y\n0.1,nan\n")  # x = 0.1 known: p(y | x) has modes at y ≈ ±2.83
+    out = tmp_path / "s.npy"
+    assert cli.main(["sample", str(gaussians_model), "--out", str(out), "--n", "600", "--chunk", "256",
+                     "--given", str(tmp_path / "given.csv"), "--condition", method]) == 0
+    x = np.load(out)
+    assert (x[:, 0] == 0.1).all()  # exactly, though the chain ran in float32 standardised coordinates
+    assert np.isfinite(x[:, 1]).all() and x[:, 1].std() > 1.0  # free, and on both modes
+    # exact draws score 0.28; this model 0.42 (paper) / 0.46 (replace); untrained 1.49; unconditioned 1.7
+    assert np.abs(np.abs(x[:, 1]) - 2.83).mean() < 0.6
+
+
+def _eight_gaussians_posterior_mean(y, s: float) -> np.ndarray:
+    """E[x0 | y] for y = x0 + N(0, s²) and x0 ~ 8gaussians: a mixture of the modes' Gaussian posteriors."""
+    log_w = -((y - EIGHT_MODES) ** 2).sum(1) / (2 * (EIGHT_VAR + s * s))
+    w = np.exp(log_w - log_w.max())
+    means = (EIGHT_MODES * s * s + y * EIGHT_VAR) / (EIGHT_VAR + s * s)
+    return (w[:, None] * means).sum(0) / w.sum()
+
+
+def test_an_observation_gives_samples_around_the_exact_posterior_mean(tmp_path, gaussians_model):
+    np.save(tmp_path / "y.npy", np.array([1.0, 1.0]))  # between the origin and the mode at (2, 2)
+    means = {}
+    for method in ("paper", "replace"):
+        out = tmp_path / f"{method}.npy"
+        assert cli.main(["sample", str(gaussians_model), "--out", str(out), "--n", "1000", "--observed",
+                         str(tmp_path / "y.npy"), "--noise-std", "0.5", "--condition", method]) == 0
+        means[method] = np.load(out).mean(0)
+    exact = _eight_gaussians_posterior_mean(np.array([1.0, 1.0]), 0.5)  # (1.64, 1.64)
+    for method, mean in means.items():  # paper 0.13, replace 0.18 away; untrained 0.86
+        assert np.linalg.norm(mean - exact) < 0.35, (method, mean, exact)
+    assert not np.allclose(means["paper"], means["replace"])  # --condition reaches the chain
+
+
+def test_a_per_sample_condition_is_sliced_across_chunks_as_the_library_samples_it(tmp_path, gaussians_model):
+    from npdiff import backend
+    from npdiff.conditioning import Conditioned
+    from npdiff.ddpm import EpsilonChain
+
+    given = np.full((10, 2), np.nan)
+    given[::2, 0] = np.linspace(-2, 2, 5)  # even rows know x, odd rows know y, every row another value
+    given[1::2, 1] = np.linspace(-1, 1, 5)
+    np.save(tmp_path / "given.npy", given)
+    np.savetxt(tmp_path / "y.csv", [[0.5, -0.5]], delimiter=",")  # one observation for every sample
+    out = tmp_path / "s.csv"
+    assert cli.main(["sample", str(gaussians_model), "--out", str(out), "--n", "10", "--chunk", "4", "--seed", "7",
+                     "--given", str(tmp_path / "given.npy"), "--observed", str(tmp_path / "y.csv"),
+                     "--noise-std", "1.5"]) == 0
+    from npdiff.data import load_points
+    x = load_points(out)
+    known = ~np.isnan(given)
+    np.testing.assert_array_equal(x[known], given[known])
+    model, schedule = checkpoint.load_model(gaussians_model)
+    meta = checkpoint.load(gaussians_model).info["meta"]
+    mean, std = np.array(meta["data_mean"]), np.array(meta["data_std"])
+    rng, expected = backend.default_rng(7), []
+    for start, size in ((0, 4), (4, 4), (8, 2)):  # one random stream through the chunks, rows sliced alike
+        cond = Conditioned(EpsilonChain(model, schedule), given=(given[start:start + size] - mean) / std,
+                           observed=(np.array([0.5, -0.5]) - mean) / std, noise_std=1.5 / std)
+        expected.append(backend.to_numpy(cond.sample(size, rng)) * std + mean)
+    np.testing.assert_allclose(x[~known], np.concatenate(expected)[~known], rtol=1e-12)
+
+
+def test_a_sohl_dickstein_chain_samples_given_coordinates_too(tmp_path):
+    ckpt = tmp_path / "sd.npz"
+    assert cli.main(["train", "moons", "--out", str(ckpt), "--objective", "sohl_dickstein", "--schedule",
+                     "sohl_dickstein", "--T", "10", *TINY, "--steps", "20"]) == 0
+    np.save(tmp_path / "given.npy", np.array([np.nan, 0.25]))
+    assert cli.main(["sample", str(ckpt), "--out", str(tmp_path / "s.npy"), "--n", "50",
+                     "--given", str(tmp_path / "given.npy")]) == 0
+    x = np.load(tmp_path / "s.npy")
+    assert (x[:, 1] == 0.25).all() and np.isfinite(x[:, 0]).all() and x[:, 0].std() > 0

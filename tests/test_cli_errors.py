@@ -63,6 +63,17 @@ def folder(tmp_path_factory):
     (d / "constant.csv").write_text("1,2\n1,3\n1,4\n")
     (d / "points.txt").write_text("1,2\n")
     (d / "folder.npy").mkdir()
+    # conditions of sample --given / --observed (data coordinates, NaN = free)
+    (d / "given.csv").write_text("0.5,nan\n")
+    (d / "given_all_known.csv").write_text("x,y\n0.5,-1\n")
+    (d / "given_all_free.csv").write_text("nan,nan\n")
+    np.save(d / "given_3d.npy", np.array([[0.5, np.nan, np.nan]]))
+    np.save(d / "given_inf.npy", np.array([np.inf, np.nan]))
+    np.save(d / "given_3rows.npy", np.array([[0.5, np.nan], [np.nan, 1.0], [0.0, np.nan]]))
+    np.save(d / "given_second_row_known.npy", np.array([[0.5, np.nan], [0.5, 1.0]]))
+    np.save(d / "observed.npy", np.array([0.5, 1.0]))
+    np.save(d / "observed_2rows.npy", np.array([[0.5, 1.0], [0.0, 0.0]]))
+    np.save(d / "observed_nan.npy", np.array([0.5, np.nan]))
     (d / "outdir").mkdir()
     # bad checkpoints
     good = checkpoint.load(d / "model.npz")
@@ -181,6 +192,47 @@ CASES = [
     ("more ddim steps than T", sample("model.npz", "--sampler", "ddim", "--ddim-steps", "50"), USAGE,
      "more than the model's T = 20"),
     ("cosine without clip", sample("cosine.npz"), USAGE, r"pass --clip-x0 R"),
+    # conditions: sample --given FILE / --observed FILE --noise-std S
+    ("given of the wrong width", sample("model.npz", "--given", "{d}/given_3d.npy"), USAGE,
+     r"given file .*given_3d.npy' holds shape \(1, 3\); expected \(2,\) or \(N, 2\)"),
+    ("given knows every coordinate", sample("model.npz", "--given", "{d}/given_all_known.csv"), USAGE,
+     "row 0 of the condition knows every coordinate exactly; leave at least one free"),
+    ("given, a per-sample row all known", sample("model.npz", "--given", "{d}/given_second_row_known.npy",
+                                                 "--n", "2"), USAGE, "row 1 of the condition knows every coordinate"),
+    ("given knows nothing", sample("model.npz", "--given", "{d}/given_all_free.csv"), USAGE, "no known coordinate"),
+    ("given inf", sample("model.npz", "--given", "{d}/given_inf.npy"), USAGE, "given holds inf"),
+    ("given rows differ from --n", sample("model.npz", "--given", "{d}/given_3rows.npy", "--n", "10"), USAGE,
+     "given_3rows.npy' has 3 rows; give one row .* or one row per sample with --n 3"),
+    ("given and observed rows differ", sample("model.npz", "--given", "{d}/given_3rows.npy", "--observed",
+                                              "{d}/observed_2rows.npy", "--noise-std", "1", "--n", "3"), USAGE,
+     r"same number of rows, got \[3, 2\]"),
+    ("missing given file", sample("model.npz", "--given", "{d}/nope.csv"), USAGE, "no such given file"),
+    ("given a folder", sample("model.npz", "--given", "{d}/folder.npy"), USAGE, "--given .*folder.npy' is a folder"),
+    ("given random bytes", sample("model.npz", "--given", "{d}/random.npy"), USAGE, r"is not a \.npy file"),
+    ("given binary csv", sample("model.npz", "--given", "{d}/binary.csv"), USAGE, "is not a UTF-8 text file"),
+    ("given ragged csv", sample("model.npz", "--given", "{d}/ragged.csv"), USAGE, "not a comma-separated table"),
+    ("given complex", sample("model.npz", "--given", "{d}/complex.npy"), USAGE, "does not hold real numbers"),
+    ("given .txt", sample("model.npz", "--given", "{d}/points.txt"), USAGE, r"expected a \.npy or \.csv file"),
+    ("observed NaN", sample("model.npz", "--observed", "{d}/observed_nan.npy", "--noise-std", "1"), USAGE,
+     "observed holds NaN or inf"),
+    ("observed without noise-std", sample("model.npz", "--observed", "{d}/observed.npy"), USAGE,
+     "--observed FILE and --noise-std S go together"),
+    ("noise-std without observed", sample("model.npz", "--given", "{d}/given.csv", "--noise-std", "1"), USAGE,
+     "--observed FILE and --noise-std S go together"),
+    ("noise-std negative", sample("model.npz", "--observed", "{d}/observed.npy", "--noise-std", "-1"), USAGE,
+     r"argument --noise-std: must be a finite number in \(0, inf\), got '-1'"),
+    ("noise-std zero", sample("model.npz", "--observed", "{d}/observed.npy", "--noise-std", "0"), USAGE,
+     "argument --noise-std: must be a finite number"),
+    ("noise-std nan", sample("model.npz", "--observed", "{d}/observed.npy", "--noise-std", "nan"), USAGE,
+     "argument --noise-std: must be a finite number"),
+    ("condition without a condition", sample("model.npz", "--condition", "replace"), USAGE,
+     "--condition needs --given FILE or --observed FILE"),
+    ("unknown condition", sample("model.npz", "--given", "{d}/given.csv", "--condition", "exact"), USAGE,
+     "argument --condition: invalid choice: 'exact'"),
+    ("given with ddim", sample("model.npz", "--given", "{d}/given.csv", "--sampler", "ddim"), USAGE,
+     "sample with the ancestral sampler; drop --sampler ddim"),
+    ("given beyond the disk", sample("model.npz", "--given", "{d}/given.csv", "--n", str(10**15)), USAGE,
+     "more than the .* MB free on its disk"),
     # output paths and sizes
     ("sample out a folder", sample("model.npz", out="{d}/outdir"), USAGE, "name a .npy or .csv file"),
     ("sample out a folder named .npy", sample("model.npz", out="{d}/folder.npy"), USAGE, "is a folder"),
@@ -254,6 +306,25 @@ def test_a_failing_disk_during_sample_is_one_line_and_keeps_the_old_samples(fold
     err = capsys.readouterr().err
     assert rc == 1 and err.count("\n") == 1 and message in err, err
     assert "old_samples.npy': " in err and ".tmp-" not in err  # the file asked for, not the temporary one
+    assert snapshot(folder) == before
+
+
+def test_an_unreadable_condition_file_is_one_line_with_status_2(folder, capsys, monkeypatch):
+    real_open = open
+
+    def denied(path, *args, **kwargs):
+        if str(path).endswith("given.csv"):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    before = snapshot(folder)
+    capsys.readouterr()
+    monkeypatch.setattr("builtins.open", denied)  # root reads a chmod-000 file, so the refusal is simulated
+    rc = cli.main(["sample", str(folder / "model.npz"), "--out", str(folder / "s.npy"), "--given",
+                   str(folder / "given.csv")])
+    monkeypatch.undo()
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "cannot read" in err and "given.csv': Permission denied" in err, err
     assert snapshot(folder) == before
 
 

@@ -37,7 +37,7 @@ def test_epsilon_objective_gradients_equal_pytorch_autograd(crosscheck, arch, n)
     reference = torch_reference.Denoiser(2, coord_scale=25.0, time_scale=1.0, **arch).double()
     reference.load_from(model)
     reference.coord_emb.omega = torch.from_numpy(np.array(model.coord_emb.omega))  # float64, as npdiff's
-    reference.time_emb.omega = torch.from_numpy(np.array(model.time_emb.omega))
+    reference.time_emb.omega = torch.from_numpy(np.array(model.time_emb.sinusoidal.omega))
     x_t = torch.from_numpy(schedule.q_sample(x0, t, noise))
     ref_loss = torch.nn.functional.mse_loss(reference(x_t, torch.from_numpy(t)), torch.from_numpy(noise))
     ref_loss.backward()

@@ -14,13 +14,6 @@ MEAN = np.array([1.0, -0.5])
 COV = np.array([[0.5, 0.2], [0.2, 0.3]])
 
 
-def gaussian_stats_close(x, mean=MEAN, cov=COV, mean_tol=0.03, cov_tol=0.03):
-    """Sample mean and covariance within tolerances (≈ 4 standard errors at N = 10,000)."""
-    assert np.all(np.isfinite(x))
-    assert np.abs(x.mean(axis=0) - mean).max() < mean_tol, x.mean(axis=0)
-    assert np.abs(np.cov(x.T) - cov).max() < cov_tol, np.cov(x.T)
-
-
 def tiny_model(dtype="float64", seed=0):
     return Denoiser(2, hidden=8, n_blocks=1, emb_dim=8, layernorm=True, final_layernorm=True, dtype=dtype, seed=seed)
 

@@ -81,3 +81,33 @@ def test_sampling_options_reach_the_sampler():
     assert a.shape == (4, 2) and not np.allclose(a, b) and not np.allclose(a, c)
     x0, ts, xs = diffusion.sample(4, seed=0, record=True)
     assert list(ts) == list(range(20, -1, -1)) and xs.shape == (21, 4, 2)
+
+
+def test_a_conditioned_sample_runs_the_conditioned_chain_from_the_ema_weights():
+    from npdiff import backend
+    from npdiff.conditioning import Conditioned
+
+    diffusion = Diffusion(2, T=10, **SMALL)
+    diffusion.fit(np.random.default_rng(5).standard_normal((256, 2)), steps=20, batch_size=64, ema=0.9)
+    given, observed = np.array([0.7, np.nan]), dict(observed=[0.3, -0.2], noise_std=0.5)
+
+    def conditioned(method="paper", **condition):
+        cond = Conditioned(diffusion.process, method=method, **condition)
+        return backend.to_numpy(cond.sample(50, backend.default_rng(3)))
+
+    live = conditioned(given=given)
+    diffusion.ema.swap()
+    try:
+        ema, ema_observed = conditioned(given=given), conditioned("replace", **observed)
+    finally:
+        diffusion.ema.swap()
+    x = diffusion.sample(50, seed=3, given=given)
+    assert (x[:, 0] == 0.7).all() and np.isfinite(x[:, 1]).all()
+    np.testing.assert_array_equal(x, ema)
+    assert not np.allclose(x[:, 1], live[:, 1])  # the EMA's weights, not the live ones
+    np.testing.assert_array_equal(diffusion.sample(50, seed=3, condition="replace", **observed), ema_observed)
+    assert not np.allclose(diffusion.sample(50, seed=3, **observed), ema_observed)  # condition reaches the chain
+    with pytest.raises(ValueError, match="ancestral"):
+        diffusion.sample(5, given=given, sampler="ddim")
+    with pytest.raises(ValueError, match="condition applies with given or observed"):
+        diffusion.sample(5, condition="replace")

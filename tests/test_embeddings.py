@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from npdiff import gradcheck
-from npdiff.embeddings import SinusoidalEmbedding, frequencies
+from npdiff.embeddings import SinusoidalEmbedding, TimestepEmbedding, frequencies
 
 
 def formula(x, size, scale):
@@ -90,3 +90,44 @@ def test_odd_or_too_small_sizes_raise_value_error(size):
         SinusoidalEmbedding(size)
     with pytest.raises(ValueError, match=str(size)):
         frequencies(size)
+
+
+def test_backward_consumes_the_cache_so_a_second_backward_raises():
+    emb = SinusoidalEmbedding(4, 2.0, dtype="float64")
+    x = np.random.default_rng(3).standard_normal((3, 2))
+    emb.backward(np.ones_like(emb.forward(x)))
+    with pytest.raises(RuntimeError, match="twice after one forward"):
+        emb.backward(np.ones((3, 8)))
+
+
+# --- the timestep table ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_timestep_lookup_is_the_sinusoidal_embedding_to_the_last_bit(dtype):
+    t = np.array([0, 7, 3, 7, 199, 1])
+    table = TimestepEmbedding(16, 0.5, dtype=dtype)
+    direct = SinusoidalEmbedding(16, 0.5, dtype=dtype).forward(t.astype(dtype)[:, None])
+    y = table.forward(t)
+    assert y.dtype == np.dtype(dtype) and y.shape == (6, 16)
+    np.testing.assert_array_equal(y, direct)
+    tol = 1e-12 if dtype == "float64" else 1e-5  # float32: c·t·ω is rounded before the sine
+    np.testing.assert_allclose(y, formula(t[:, None].astype(float), 16, 0.5), rtol=tol, atol=tol)
+
+
+def test_timestep_table_grows_for_a_larger_t_and_writes_into_a_column_slice():
+    emb = TimestepEmbedding(8, dtype="float64")
+    emb.forward(np.array([3, 1]))
+    assert emb.table.shape == (4, 8)
+    wide = np.full((2, 12), 7.0)
+    emb.forward(np.array([10, 2]), out=wide[:, 2:10])
+    assert emb.table.shape[0] >= 11  # grown (geometrically: at least twice the old size)
+    direct = SinusoidalEmbedding(8, dtype="float64").forward(np.array([[10.0], [2.0]]))
+    np.testing.assert_array_equal(wide[:, 2:10], direct)
+    assert (wide[:, :2] == 7).all() and (wide[:, 10:] == 7).all()
+
+
+@pytest.mark.parametrize("t,error", [(np.array([2, -1]), ValueError), (np.array([1.0, 2.0]), TypeError),
+                                     (np.array([[1, 2]]), TypeError)])
+def test_timestep_lookup_refuses_negative_fractional_or_misshapen_t(t, error):
+    with pytest.raises(error, match="timesteps"):
+        TimestepEmbedding(4).forward(t)

@@ -82,32 +82,32 @@ def per_step_case(embed_coords=True, seed=5):
 
 
 @pytest.mark.parametrize("embed_coords", [True, False])
-def test_per_timestep_route_matches_the_plain_route_and_finite_differences(embed_coords):
+def test_the_two_routes_of_the_first_layer_agree_and_match_finite_differences(embed_coords):
+    """EmbeddingLinear's per-row and per-timestep routes, chosen by the explicit ``per_timestep`` argument."""
     model, x, t = per_step_case(embed_coords)
-    dy = np.random.default_rng(6).standard_normal((13, 2))
+    first = model.inp.layers[0]
+    dz = np.random.default_rng(6).standard_normal((13, 6))
     results = []
-    for min_rows in (10**9, 1):  # plain route, then the per-timestep route
-        model.PER_STEP_MIN_ROWS = min_rows
-        model.zero_grad()
-        y = model.forward(x, t)
-        dx = model.backward(dy)
-        assert (model.cache is None) == (min_rows > 1)
-        results.append((y, dx, model.flat_grads.copy()))
-    for plain, per_step in zip(*results):
-        np.testing.assert_allclose(per_step, plain, rtol=1e-12, atol=1e-13)
-    report = gradcheck.check_module(model, x, t)  # still on the per-timestep route
+    for per_timestep in (False, True):
+        first.zero_grad()
+        z = first.forward(x, t, per_timestep=per_timestep)
+        dx = first.backward(dz)
+        results.append((z, dx, first.grads["W"].copy(), first.grads["b"].copy()))
+    for per_row, per_step in zip(*results):
+        np.testing.assert_allclose(per_step, per_row, rtol=1e-12, atol=1e-13)
+    report = gradcheck.check_module(model, x, t)
     assert gradcheck.worst(report) < 1e-7, gradcheck.format_report(report)
 
 
-def test_per_timestep_route_needs_a_large_batch_with_repeated_timesteps():
+def test_the_first_layer_goes_per_timestep_only_for_large_batches_of_repeated_timesteps():
     model, x, t = per_step_case()
-    model.forward(x, t)
-    assert model.cache is None  # 13 rows < PER_STEP_MIN_ROWS
-    model.PER_STEP_MIN_ROWS = 1
-    model.forward(x, np.arange(13))  # every timestep distinct: more than a quarter of the rows
-    assert model.cache is None
-    model.forward(x, t)
-    assert model.cache is not None
+    first = model.inp.layers[0]
+    assert first.timestep_groups(t) is None  # 13 rows < GROUP_MIN_ROWS
+    big_t = np.repeat(t, 100)  # 1300 rows, 3 distinct timesteps
+    steps, rows = first.timestep_groups(big_t)
+    np.testing.assert_array_equal(steps[rows], big_t)
+    assert first.timestep_groups(np.arange(1300)) is None  # every timestep distinct
+    assert first.timestep_groups(t, per_timestep=True) is not None  # the argument forces a route
 
 
 def test_embedding_writes_into_a_column_slice_and_matches_the_concatenated_form():

@@ -217,3 +217,55 @@ def test_activation_by_name_is_case_insensitive_and_rejects_unknown_names():
         assert type(activation(name)) is cls
     with pytest.raises(ValueError, match="softplus"):
         activation("softplus")
+
+
+@pytest.mark.parametrize("kind", ALL)
+def test_backward_consumes_the_cache_so_a_second_backward_raises(kind):
+    """Each backward takes its forward's cache: a second one without a new forward would otherwise add the
+    same gradients twice without a word."""
+    layer, x = make(kind), input_for(kind)
+    y = layer.forward(x)
+    layer.backward(np.ones_like(y))
+    with pytest.raises(RuntimeError, match="twice after one forward"):
+        layer.backward(np.ones_like(y))
+
+
+def test_the_denoiser_refuses_a_second_backward_without_a_new_forward():
+    from npdiff.models import Denoiser
+
+    model = Denoiser(2, hidden=8, n_blocks=2, emb_dim=4, layernorm=True, final_layernorm=True, dtype=F64)
+    x, t = np.zeros((600, 2)), np.repeat(np.arange(1, 7), 100)  # 600 rows: the per-timestep route as well
+    for rows in (slice(0, 5), slice(None)):
+        model.forward(x[rows], t[rows])
+        model.backward(np.ones((x[rows].shape[0], 2)))
+        with pytest.raises(RuntimeError, match="backward called before forward"):
+            model.backward(np.ones((x[rows].shape[0], 2)), input_grad=False)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_silu_is_finite_and_silent_at_the_extremes(dtype):
+    import warnings
+
+    layer = make("silu")
+    x = np.array([[-1000.0, -100.0, -89.0, 0.0, 89.0, 100.0, 1000.0]], dtype=dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # exp(−x) overflowed for x < −88.7 in float32 before
+        y = layer.forward(x)
+        dx = layer.backward(np.ones_like(x))
+    assert np.all(np.isfinite(y)) and np.all(np.isfinite(dx))
+    np.testing.assert_allclose(y[0, [0, 3, 6]], [0.0, 0.0, 1000.0], atol=1e-30)
+    np.testing.assert_allclose(dx[0, [0, 3, 6]], [0.0, 0.5, 1.0], atol=1e-30)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_gelu_is_finite_and_silent_at_the_extremes(dtype):
+    import warnings
+
+    layer = make("gelu")
+    x = np.array([[-1000.0, -100.0, -10.0, 0.0, 10.0, 100.0, 1000.0]], dtype=dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        y = layer.forward(x)
+        dx = layer.backward(np.ones_like(x))
+    np.testing.assert_allclose(y, np.maximum(x, 0), atol=1e-6)  # GELU(x) → max(x, 0) away from 0
+    np.testing.assert_allclose(dx[0, [0, 1, 3, 5, 6]], [0.0, 0.0, 0.5, 1.0, 1.0], atol=1e-6)

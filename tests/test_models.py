@@ -164,3 +164,65 @@ def test_invalid_shapes_of_x_t_or_t_raise_value_error(x_shape, t_shape, bad):
 def test_invalid_sizes_raise_value_error(kwargs):
     with pytest.raises(ValueError):
         Denoiser(**kwargs)
+
+
+# --- the first layer's two routes (EmbeddingLinear) ------------------------------------------------
+
+@pytest.mark.parametrize("embed_coords", [True, False])
+def test_mse_gradient_on_the_per_timestep_route_matches_finite_differences(embed_coords):
+    d = 2 if embed_coords else 5
+    model = Denoiser(d, out_dim=2 * d, embed_coords=embed_coords, layernorm=True, final_layernorm=True, seed=5,
+                     **TINY)
+    first = model.inp.layers[0]
+    first.GROUP_MIN_ROWS = 1  # this instance takes the per-timestep route for small batches too
+    rng = np.random.default_rng(6)
+    x, t, target = rng.standard_normal((12, d)), rng.choice([3, 40], size=12), rng.standard_normal((12, 2 * d))
+    steps, rows = first.timestep_groups(t)
+    assert list(steps) == [3, 40] and np.array_equal(steps[rows], t)
+    assert_all_close(model, mse_gradcheck(model, x, t, target))
+
+
+@pytest.mark.parametrize("t", [np.full(9, 17), np.array([5, 1, 5, 5, 1, 9, 9, 1, 5])], ids=["one t", "three t"])
+def test_both_routes_give_the_same_outputs_and_gradients(t):
+    model = Denoiser(3, out_dim=6, seed=2, **TINY)
+    first = model.inp.layers[0]
+    rng = np.random.default_rng(7)
+    x, dz = rng.standard_normal((9, 3)), rng.standard_normal((9, 8))
+    results = []
+    for per_timestep in (False, True):
+        first.zero_grad()
+        z = first.forward(x, t, per_timestep=per_timestep)
+        dx = first.backward(dz)
+        results.append((z, dx, first.grads["W"].copy(), first.grads["b"].copy()))
+    for per_row, per_step in zip(*results):
+        np.testing.assert_allclose(per_step, per_row, rtol=1e-12, atol=1e-13)
+
+
+def test_the_default_route_depends_on_batch_size_and_repeated_timesteps():
+    first = Denoiser(2, hidden=8, n_blocks=1, emb_dim=4).inp.layers[0]
+    assert first.timestep_groups(np.full(511, 3)) is None  # below GROUP_MIN_ROWS: per row
+    assert first.timestep_groups(np.full(512, 3)) is not None  # a sampling step: one t for all rows
+    assert first.timestep_groups(np.arange(512) % 128) is not None  # 128 = N/4 distinct
+    assert first.timestep_groups(np.arange(512) % 129) is None  # more than N/4 distinct
+    assert first.timestep_groups(np.full(4, 3), per_timestep=True) is not None
+    assert first.timestep_groups(np.full(600, 3), per_timestep=False) is None
+
+
+def test_first_layer_weights_are_those_of_the_plain_linear_on_the_concatenation():
+    """Checkpoints stay loadable: ``inp.0.W`` is (D·E + Et, H), drawn exactly as Linear(D·E + Et, H) draws it."""
+    from npdiff import backend
+    from npdiff.layers import Linear
+
+    model = Denoiser(2, hidden=8, n_blocks=1, emb_dim=4, time_emb_dim=6, dtype="float64", seed=3)
+    plain = Linear(2 * 4 + 6, 8, backend.default_rng(3), dtype="float64")
+    np.testing.assert_array_equal(model.parameters()["inp.0.W"], plain.params["W"])
+    np.testing.assert_array_equal(model.parameters()["inp.0.b"], plain.params["b"])
+
+
+def test_sampling_batches_with_one_timestep_give_the_per_row_outputs():
+    model = Denoiser(2, hidden=8, n_blocks=2, emb_dim=4, layernorm=True, dtype="float64", seed=4)
+    x = np.random.default_rng(8).standard_normal((600, 2))
+    t = np.full(600, 37)
+    grouped = model.forward(x, t)  # 600 rows, one timestep: the per-timestep route
+    per_row = np.concatenate([model.forward(x[i:i + 100], t[i:i + 100]) for i in range(0, 600, 100)])
+    np.testing.assert_allclose(grouped, per_row, rtol=1e-12, atol=1e-13)

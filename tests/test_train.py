@@ -12,7 +12,7 @@ import pytest
 
 from npdiff import checkpoint, data, ddpm, fileio, metrics, progress, sampling, train
 from npdiff.models import Denoiser
-from npdiff.optim import EMA, AdamW, cosine_lr
+from npdiff.optim import EMA, AdamW, clip_grad_norm, cosine_lr, grad_norm
 from npdiff.schedules import Schedule
 
 
@@ -78,6 +78,51 @@ def test_fit_stops_at_the_bad_step_and_keeps_the_last_good_checkpoint(tmp_path):
     assert ckpt.step == 20 and len(ckpt.group("history")["loss"]) == 20
     assert np.all(np.isfinite(ckpt.group("history")["loss"]))
     assert not [f for f in os.listdir(tmp_path) if f != "run.npz"]  # no temporary files left behind
+
+
+def test_fit_reads_a_nan_at_its_check_and_ends_with_the_weights_of_the_check_before_it():
+    x = np.random.default_rng(0).standard_normal((64, 2))
+
+    def run(steps, objective, model):
+        opt = AdamW(model, 1e-2)
+        h = train.fit(model, x, objective, steps=steps, batch_size=8, optimizer=opt, clip=0.5, ema=EMA(model, 0.9),
+                      rng=np.random.default_rng(0), check_every=10, progress=False)
+        return opt, h
+
+    failed, reference = small_model("float64"), small_model("float64")
+    with pytest.raises(train.NonFiniteLossError, match=r"loss at step 24 .*those of step 20 .*5 step\(s\) since"):
+        run(30, ScaledObjective(nan_at_call=25), failed)
+    opt, h = run(20, ScaledObjective(), reference)
+    np.testing.assert_array_equal(failed.flat_params, reference.flat_params)  # steps 20..24 were undone
+    assert opt.steps == 20 and len(h.loss) == 20
+
+
+def test_the_check_interval_does_not_change_the_run():
+    x = np.random.default_rng(0).standard_normal((64, 2))
+    runs = []
+    for check_every in (1, 7, 100):
+        model = small_model()
+        h = train.fit(model, x, ddpm.EpsilonObjective(Schedule(20)), steps=20, batch_size=8, clip=1.0,
+                      rng=np.random.default_rng(0), check_every=check_every, progress=False)
+        runs.append((model.flat_params.copy(), h.loss, h.grad_norm))
+    for params, loss, norm in runs[1:]:
+        np.testing.assert_array_equal(params, runs[0][0])
+        assert loss == runs[0][1] and norm == runs[0][2]
+    with pytest.raises(ValueError, match="check_every"):
+        train.fit(small_model(), x, ScaledObjective(), steps=2, batch_size=8, rng=np.random.default_rng(0),
+                  check_every=0)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 1e4])
+def test_clipping_decided_on_the_device_equals_optims_rule_to_the_bit(dtype, scale):
+    g = np.random.default_rng(0).standard_normal(1000).astype(dtype) * scale
+    host, device = g.copy(), g.copy()
+    clip_grad_norm(host, 1.0, grad_norm(host))
+    norm = np.sqrt(np.dot(g, g).astype(np.float64))
+    train.clip_grad(device, 1.0, np.asarray(norm))  # a 0-d array, as on a device: decided by xp.where
+    np.testing.assert_array_equal(device, host)
+    assert (scale > 1e-3) == (not np.array_equal(device, g))  # the small gradient is left alone
 
 
 def test_fit_follows_the_lr_schedule_and_records_history():

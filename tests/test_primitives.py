@@ -1,0 +1,97 @@
+"""Each named primitive equals the plain formula its docstring states, in float32 and float64."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+
+from npdiff import primitives
+
+DTYPES = ["float32", "float64"]
+TOL = {"float32": dict(rtol=2e-6, atol=2e-6), "float64": dict(rtol=1e-13, atol=1e-13)}
+
+
+def data(shape, dtype, seed=0, scale=3.0):
+    return (scale * np.random.default_rng(seed).standard_normal(shape)).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 1), (32, 32), (1000, 128), (7, 3)])
+def test_batch_sum_and_row_mean_are_the_plain_sum_and_mean(dtype, shape):
+    a = data(shape, dtype)
+    exact, eps = a.astype(np.float64), np.finfo(dtype).eps
+    assert primitives.batch_sum(a).dtype == np.dtype(dtype)
+    # any summation order errs by at most N·eps·Σ|a| (the bound of recursive summation)
+    bound = shape[0] * eps * np.abs(exact).sum(axis=0)
+    assert np.all(np.abs(primitives.batch_sum(a) - exact.sum(axis=0)) <= bound)
+    bound = shape[1] * eps * np.abs(exact).mean(axis=-1, keepdims=True)
+    assert np.all(np.abs(primitives.row_mean(a) - exact.mean(axis=-1, keepdims=True)) <= bound)
+    assert primitives.row_mean(a).shape == (shape[0], 1)
+
+
+def test_the_cached_constants_follow_the_shape_and_dtype_asked_for():
+    for n in (3, 5, 3):
+        for dtype in DTYPES:
+            a = np.ones((n, 4), dtype=dtype)
+            np.testing.assert_array_equal(primitives.batch_sum(a), np.full(4, n, dtype=dtype))
+            np.testing.assert_array_equal(primitives.row_mean(a), np.ones((n, 1), dtype=dtype))
+
+
+@pytest.mark.parametrize("t", [np.array([5, 1, 5, 9, 1, 1]), np.array([0]), np.arange(50)[::-1],
+                               np.random.default_rng(1).integers(1, 1001, 512)])
+def test_unique_inverse_is_numpys_unique_with_return_inverse(t):
+    steps, rows = primitives.unique_inverse(t)
+    plain_steps, plain_rows = np.unique(t, return_inverse=True)
+    np.testing.assert_array_equal(steps, plain_steps)
+    np.testing.assert_array_equal(rows, plain_rows)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_segment_sum_is_the_scatter_add(dtype):
+    rng = np.random.default_rng(2)
+    a, segments = data((40, 6), dtype), rng.integers(0, 5, 40)
+    plain = np.zeros((7, 6), dtype=np.float64)  # 7 segments: the last two receive nothing
+    np.add.at(plain, segments, a.astype(np.float64))
+    np.testing.assert_allclose(primitives.segment_sum(a, segments, 7), plain, **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sigmoid_and_log_sigmoid_are_exact_and_silent_at_the_extremes(dtype):
+    x = np.array([-1000, -100, -88.8, -30, -1, 0, 1, 30, 88.8, 100, 1000], dtype=dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no overflow RuntimeWarning anywhere
+        s, log_s, s_neg = primitives.sigmoid(x), primitives.log_sigmoid(x), primitives.sigmoid(-x)
+    sig = lambda v: 1 / (1 + math.exp(-v)) if v > -700 else 0.0  # noqa: E731
+    values = x.astype(float)
+    log_ref = np.array([-math.log1p(math.exp(-v)) if v > -700 else v for v in values])
+    tiny = np.finfo(dtype).tiny  # below it, subnormals keep fewer digits
+    assert s.dtype == log_s.dtype == np.dtype(dtype)
+    np.testing.assert_allclose(s, [sig(v) for v in values], rtol=TOL[dtype]["rtol"], atol=tiny)
+    np.testing.assert_allclose(s_neg, [sig(-v) for v in values], rtol=TOL[dtype]["rtol"], atol=tiny)  # 1 − σ(x)
+    np.testing.assert_allclose(log_s, log_ref, rtol=TOL[dtype]["rtol"], atol=TOL[dtype]["atol"])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_the_gelu_pieces_are_the_plain_tanh_formulas(dtype):
+    x = np.linspace(-6, 6, 241).astype(dtype)[None, :]
+    c, a = math.sqrt(2 / math.pi), 0.044715
+    x64 = x.astype(np.float64)
+    th = np.tanh(c * (x64 + a * x64**3))
+    phi = primitives.normal_cdf_tanh(x, x * x)
+    np.testing.assert_allclose(phi, 0.5 * (1 + th), **TOL[dtype])
+    y = x * phi
+    derivative = primitives.gelu_tanh_derivative(x * x, phi, y)
+    plain = 0.5 * (1 + th) + 0.5 * x64 * (1 - th**2) * c * (1 + 3 * a * x64**2)
+    np.testing.assert_allclose(derivative, plain, rtol=TOL[dtype]["rtol"] * 10, atol=TOL[dtype]["atol"] * 10)
+
+
+@pytest.mark.parametrize("decay", [0.0, 0.9, 0.999])
+def test_moving_average_is_the_textbook_update_in_place(decay):
+    average, x = data((50,), "float64", 3), data((50,), "float64", 4)
+    before, view = average.copy(), average[10:20]
+    primitives.moving_average_(average, x, decay)
+    np.testing.assert_allclose(average, decay * before + (1 - decay) * x, rtol=1e-13, atol=1e-14)
+    assert view.base is average  # the same array, updated in place
