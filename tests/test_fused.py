@@ -73,43 +73,6 @@ def test_denoiser_without_input_grad_returns_none_and_identical_parameter_gradie
     np.testing.assert_array_equal(grads[0], grads[1])
 
 
-def per_step_case(embed_coords=True, seed=5):
-    """A float64 model and a batch whose timesteps repeat (3 distinct in 13 rows)."""
-    rng = np.random.default_rng(seed)
-    model = Denoiser(2, hidden=6, n_blocks=1, emb_dim=4, time_emb_dim=6, coord_scale=2.0, layernorm=True,
-                     embed_coords=embed_coords, dtype=F64)
-    return model, rng.standard_normal((13, 2)), rng.choice([4, 17, 30], size=13)
-
-
-@pytest.mark.parametrize("embed_coords", [True, False])
-def test_the_two_routes_of_the_first_layer_agree_and_match_finite_differences(embed_coords):
-    """EmbeddingLinear's per-row and per-timestep routes, chosen by the explicit ``per_timestep`` argument."""
-    model, x, t = per_step_case(embed_coords)
-    first = model.inp.layers[0]
-    dz = np.random.default_rng(6).standard_normal((13, 6))
-    results = []
-    for per_timestep in (False, True):
-        first.zero_grad()
-        z = first.forward(x, t, per_timestep=per_timestep)
-        dx = first.backward(dz)
-        results.append((z, dx, first.grads["W"].copy(), first.grads["b"].copy()))
-    for per_row, per_step in zip(*results):
-        np.testing.assert_allclose(per_step, per_row, rtol=1e-12, atol=1e-13)
-    report = gradcheck.check_module(model, x, t)
-    assert gradcheck.worst(report) < 1e-7, gradcheck.format_report(report)
-
-
-def test_the_first_layer_goes_per_timestep_only_for_large_batches_of_repeated_timesteps():
-    model, x, t = per_step_case()
-    first = model.inp.layers[0]
-    assert first.timestep_groups(t) is None  # 13 rows < GROUP_MIN_ROWS
-    big_t = np.repeat(t, 100)  # 1300 rows, 3 distinct timesteps
-    steps, rows = first.timestep_groups(big_t)
-    np.testing.assert_array_equal(steps[rows], big_t)
-    assert first.timestep_groups(np.arange(1300)) is None  # every timestep distinct
-    assert first.timestep_groups(t, per_timestep=True) is not None  # the argument forces a route
-
-
 def test_embedding_writes_into_a_column_slice_and_matches_the_concatenated_form():
     rng = np.random.default_rng(3)
     emb = SinusoidalEmbedding(8, 3.0, dtype=F64)
