@@ -1,50 +1,50 @@
-"""Clothes from noise: train a DDPM ε-model on (Fashion-)MNIST images, sample, and score the samples.
+"""Clothes from noise: a class-conditional MLP diffusion model on (Fashion-)MNIST, with classifier-free guidance.
 
-    python demos/mnist.py [--data DIR | --download] [--out DIR] [--quick] [--steps N] [--batch-size B] …
+    python demos/mnist.py [--data DIR | --download] [--out DIR] [--quick] [--steps N] [--guidance W] …
 
 Data: the four IDX files of an MNIST-format data set in ``--data`` (default: Fashion-MNIST as Debian's
 ``dataset-fashion-mnist`` installs it, ``npdiff.idx.FASHION_MNIST_DIR``), or ``--download`` for the
-original MNIST digits (needs internet access). Each 28 × 28 image becomes a vector of D = 784 numbers
-in [−1, 1]; the denoiser is the library's MLP on those raw pixels (no coordinate embedding, no
-convolutions), trained with L_simple and sampled with DDPM's ancestral sampler, x̂_0 clipped to
-[−1, 1] (Ho et al. 2020 do the same).
+original MNIST digits (needs internet access). Each 28 × 28 image becomes a vector of D = 784 numbers in
+[−1, 1]; the denoiser is the library's MLP on those raw pixels and the image's class label (no
+convolutions: "unlike the usual U-Net, we use the simplest MLP", as the seed tutorial says). Training drops
+the label 10 % of the time, so the same network is also the unconditional model; sampling combines the two
+with classifier-free guidance, ε̃ = (1 + w) ε_c − w ε_∅ (``npdiff.guidance``, docs/images.md).
 
-Writes into DIR (default ./out/mnist, printed at the end): samples.png (real test images, the samples,
-and each sample's nearest training image), samples.npy (the samples, float32 (N, 784) on the [−1, 1]
-scale), loss.png and checkpoint.npz.
+The judge (``npdiff.image_metrics.ImageJudge``): a classifier trained with npdiff's own layers on the
+training split (cached in --out after its first training), which scores the samples by the Fréchet
+distance of its features to held-out images (FCD; lower is better), by how often it assigns a sample to
+the class it was asked for, and by the entropy of its predicted classes (ln 10 = 2.303 when every class
+is equally present). Every row of the table is at the same sample count, beside the baselines: held-out
+real images (the floor), a Gaussian fitted to the training pixels, one Gaussian per class, and noise.
 
-Quality figure. For each image of a set, the L2 distance to its nearest training image (784 pixels
-on the [−1, 1] scale), averaged over the set, for: held-out test images (real images the model never
-saw: the target), the DDPM samples, and samples of a Gaussian with the training set's mean and
-covariance (a baseline without a network). Samples near the test figure are as close to the data
-as real images are; far above it, they are off the data (blur, noise, broken shapes); far below it,
-they copy training images. It is a proxy: it does not measure diversity or class balance.
-Uses only npdiff's public API.
+Writes into DIR (default ./out/mnist): classes.png (one row per class), guidance.png (the guidance
+sweep with its figures), forming.gif (a grid of images forming from noise), samples.npy and labels.npy
+(the samples at the chosen w, vectors on [−1, 1], and their classes), quality.json, loss.png,
+checkpoint.npz (``Diffusion.load`` reads it) and classifier.npz (the judge).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
 
 import numpy as np
 
-from npdiff import backend, checkpoint, ddpm, fileio, idx, metrics, sampling, threads, train, viz
-from npdiff.models import Denoiser
-from npdiff.optim import EMA, AdamW, cosine_lr
-from npdiff.schedules import Schedule
+from npdiff import Diffusion, fileio, idx, image_viz, threads, viz
+from npdiff.image_metrics import ImageJudge, format_table
 
-# ~10 min on 2 busy CPU cores (6 min of CPU time); width 1024 learned far faster than 512 per step,
-# lr 2e-3 a little faster than 1e-3 (training loss after 600 steps 0.121 vs 0.146)
-DEFAULTS = dict(steps=5000, batch_size=128, lr=2e-3, T=1000, hidden=1024, n_blocks=3, emb_dim=128, ema=0.999,
-                n_train=None, n_test=1000, n_samples=256, seed=0)
-QUICK = dict(steps=40, batch_size=32, T=50, hidden=64, n_blocks=1, emb_dim=16, ema=0.9, n_train=512, n_test=64,
-             n_samples=16)
+# chosen by the study in docs/images.md (FCD per CPU minute on Fashion-MNIST)
+DEFAULTS = dict(steps=5000, batch_size=128, lr=2e-3, T=1000, schedule="linear", prediction="v", hidden=1024,
+                n_blocks=3, emb_dim=128, ema=0.999, guidance=2.0, sweep=(0.0, 1.0, 2.0, 4.0), ddim_steps=50,
+                n_train=None, n_samples=1000, seed=0)
+QUICK = dict(steps=40, batch_size=32, T=50, hidden=64, n_blocks=1, emb_dim=16, ema=0.9, sweep=(0.0, 2.0),
+             ddim_steps=10, n_train=512, n_samples=20)
+QUICK_JUDGE = dict(hidden=(32, 8), epochs=2)  # a judge the tiny test data can train
 MNIST_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "npdiff", "mnist")
-GAUSSIAN_FIT = 10_000  # training images that estimate the baseline's covariance
-GRID = 10  # the figure shows up to GRID × GRID images per panel
+FORMING = 10  # the GIF shows FORMING × FORMING images, one row per class
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -54,177 +54,158 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--download", action="store_true", help=f"fetch missing MNIST files from {idx.MNIST_URL}")
     p.add_argument("--out", default=os.path.join("out", "mnist"), help="output folder (default ./out/mnist)")
     p.add_argument("--quick", action="store_true",
-                   help=f"a tiny smoke run ({QUICK['n_train']} images, {QUICK['steps']} steps, a small model)")
+                   help=f"a tiny smoke run ({QUICK['n_train']} images, {QUICK['steps']} steps, a small model and judge)")
     p.add_argument("--steps", type=int, help=f"training steps (default {DEFAULTS['steps']})")
     p.add_argument("--batch-size", "--batch", type=int, help=f"images per step (default {DEFAULTS['batch_size']})")
     p.add_argument("--lr", type=float, help=f"peak AdamW learning rate, cosine-decayed (default {DEFAULTS['lr']})")
-    p.add_argument("--T", type=int, help=f"diffusion steps of the linear schedule (default {DEFAULTS['T']})")
+    p.add_argument("--T", type=int, help=f"diffusion steps (default {DEFAULTS['T']})")
+    p.add_argument("--schedule", choices=("linear", "cosine"), help=f"β schedule (default {DEFAULTS['schedule']})")
+    p.add_argument("--prediction", choices=("eps", "x0", "v"),
+                   help=f"what the network predicts (default {DEFAULTS['prediction']})")
     p.add_argument("--hidden", "--width", type=int, help=f"hidden width of the MLP (default {DEFAULTS['hidden']})")
     p.add_argument("--n-blocks", "--blocks", type=int, help=f"residual blocks (default {DEFAULTS['n_blocks']})")
     p.add_argument("--emb-dim", "--emb", type=int, help=f"time-embedding size (default {DEFAULTS['emb_dim']})")
+    p.add_argument("--ema", type=float, help=f"EMA decay of the weights, 0 for none (default {DEFAULTS['ema']})")
+    p.add_argument("--guidance", type=float, help=f"guidance scale w of the samples (default {DEFAULTS['guidance']})")
+    p.add_argument("--sweep", type=float, nargs="+", help=f"the guidance sweep's w (default {DEFAULTS['sweep']})")
+    p.add_argument("--ddim-steps", type=int, help=f"DDIM steps of the sampler (default {DEFAULTS['ddim_steps']})")
     p.add_argument("--n-train", type=int, help="use only this many training images (default all)")
-    p.add_argument("--n-samples", type=int, help=f"images to sample (default {DEFAULTS['n_samples']})")
+    p.add_argument("--n-samples", type=int, help=f"images per row of the table (default {DEFAULTS['n_samples']})")
     p.add_argument("--seed", type=int, help="seed of every random draw (default 0)")
     args = p.parse_args(argv)
     for key, value in {**DEFAULTS, **(QUICK if args.quick else {})}.items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
+    args.sweep = sorted({*args.sweep, args.guidance})
     return args
 
 
-def load(args) -> tuple[np.ndarray, np.ndarray, str]:
-    """Training and test images, uint8 (N, H, W), and the folder they came from; exits with a clear message."""
+def load(args):
+    """(train images, train labels, folder); exits with a clear message when the files are missing."""
     root = args.data or (MNIST_CACHE if args.download else idx.FASHION_MNIST_DIR)
     try:
-        train_images, _ = idx.load_mnist(root, "train", download=args.download)
-        test_images, _ = idx.load_mnist(root, "test", download=args.download)
+        images, labels = idx.load_mnist(root, "train", download=args.download)
+        idx.load_mnist(root, "test", download=args.download)  # the judge's held-out images
     except idx.DownloadError as err:
         sys.exit(f"{err}\n--download needs internet access. Offline, pass --data DIR with the four IDX files, "
                  f"e.g. Fashion-MNIST from Debian's dataset-fashion-mnist ({idx.FASHION_MNIST_DIR}).")
     except FileNotFoundError as err:
         sys.exit(f"{err}\n(--data DIR names the folder; --download fetches MNIST.)")
-    return train_images, test_images, root
+    return images, labels.astype(np.int64), root
 
 
-def subset(images: np.ndarray, n: int | None, rng: np.random.Generator) -> np.ndarray:
-    """n images drawn without replacement (all of them when n is None or too large)."""
-    if n is None or n >= images.shape[0]:
-        return images
-    return images[np.sort(rng.choice(images.shape[0], size=n, replace=False))]
+def sample_rows(diffusion: Diffusion, judge: ImageJudge, args, rng_seed: int) -> tuple[dict, dict, float]:
+    """Samples (n each) for the unconditional model and every w of the sweep, scored by the judge.
+    -> (rows by name, (samples, labels) by w, seconds)"""
+    n, k = args.n_samples, judge.n_classes
+    balanced = np.arange(n) % k
+    kw = dict(sampler="ddim", ddim_steps=args.ddim_steps, clip_x0=(-1.0, 1.0))
+    start = time.perf_counter()
+    rows = {"unconditional": judge.evaluate(diffusion.sample(n, seed=rng_seed, **kw), None, "npdiff, no label")}
+    by_w = {}
+    for w in args.sweep:
+        x = diffusion.sample(n, seed=rng_seed, labels=balanced, guidance=w, **kw)
+        by_w[w] = (x, balanced)
+        rows[w] = judge.evaluate(x, balanced, f"npdiff, label, w = {w:g}")
+    return rows, by_w, time.perf_counter() - start
 
 
-def gaussian_baseline(x: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
-    """n draws of N(mean, cov) fitted to the rows of x (M, D), clipped to the pixel range [−1, 1].
-
-    The covariance is singular (border pixels that never change), so the draw uses its eigenvectors
-    with eigenvalues max(λ, 0): x = m + U √Λ z.
-    """
-    mean = x.mean(axis=0)  # (D,)
-    centred = x - mean
-    lam, U = np.linalg.eigh(centred.T @ centred / x.shape[0])  # (D,), (D, D)
-    z = rng.standard_normal((n, x.shape[1]))
-    return np.clip(mean + (z * np.sqrt(np.maximum(lam, 0.0))) @ U.T, -1.0, 1.0)
-
-
-def verdict_of(ratio: float) -> str:
-    """What the ratio (mean NN distance of samples) / (that of test images) says; ±25% counts as "about"."""
-    if ratio > 1.25:
-        return "further from the training data than real images are: off the data (blur, noise, broken shapes)"
-    if ratio < 0.8:
-        return "closer to the training data than real images are: signs of copying training images"
-    return "about as close to the training data as real unseen images are"
-
-
-def nearest_index(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """For each row of a (N, D), the index of its nearest row of b (M, D): argmin ‖b‖² − 2 a·b.  -> (N,)"""
-    return np.argmin((b * b).sum(axis=1) - 2.0 * a @ b.T, axis=1)
-
-
-def image_grid_png(path: str, panels: dict, shape: tuple, grid: int = GRID) -> str:
-    """One grid of images per ``title: vectors (N, D)`` entry, side by side, grey on black."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only
-    import matplotlib.pyplot as plt
-
-    h, w = shape
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels), 3.7), squeeze=False)
-    for ax, (title, vectors) in zip(axes[0], panels.items()):
-        images = idx.vectors_to_images(vectors[: grid * grid], shape)  # (n, H, W) uint8
-        rows = -(-images.shape[0] // grid)
-        mosaic = np.zeros((rows * (h + 1) + 1, grid * (w + 1) + 1), dtype=np.uint8)  # 1-pixel gaps
-        for k, image in enumerate(images):
-            r, c = divmod(k, grid)
-            mosaic[1 + r * (h + 1): 1 + r * (h + 1) + h, 1 + c * (w + 1): 1 + c * (w + 1) + w] = image
-        ax.imshow(mosaic, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
-        ax.set_title(title, fontsize=9)
-        ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+def sweep_png(path, by_w: dict, rows: dict, shape, per_class: int = 6) -> str:
+    """One mosaic per w (a row per class), titled with its FCD and accuracy."""
+    panels = {}
+    for w, (x, labels) in by_w.items():
+        order = np.concatenate([np.flatnonzero(labels == k)[:per_class] for k in range(int(labels.max()) + 1)])
+        r = rows[w]
+        panels[f"w = {w:g}: FCD {r['fcd']:.1f}, accuracy {100 * r['accuracy']:.0f} %"] = x[order]
+    return image_viz.panels_png(path, panels, shape, columns=per_class)
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
     print(threads.apply_policy())  # one BLAS thread unless you set OPENBLAS_NUM_THREADS (docs/command-line.md)
     start = time.perf_counter()
-    data_rng = np.random.default_rng(args.seed)
-    train_images, test_images, root = load(args)
-    train_images = subset(train_images, args.n_train, data_rng)
-    test_images = subset(test_images, args.n_test, data_rng)
-    shape = train_images.shape[1:]
-    x = idx.images_to_vectors(train_images)  # (M, D) float32 in [−1, 1]
-    x_test = idx.images_to_vectors(test_images)
-    print(f"data: {x.shape[0]} training and {x_test.shape[0]} test images of {shape[0]}×{shape[1]} from {root}")
-    if args.batch_size > x.shape[0]:
-        print(f"batch size {args.batch_size} > {x.shape[0]} training images: using {x.shape[0]}")
-        args.batch_size = x.shape[0]
+    images, labels, root = load(args)
+    if args.n_train is not None and args.n_train < len(images):
+        keep = np.sort(np.random.default_rng(args.seed).choice(len(images), args.n_train, replace=False))
+        images, labels = images[keep], labels[keep]
+    shape, x = images.shape[1:], idx.images_to_vectors(images)  # (M, D) float32 in [−1, 1]
+    names = idx.class_names(root, int(labels.max()) + 1)
+    print(f"data: {len(x)} training images of {shape[0]}×{shape[1]} in {len(names)} classes from {root}")
     os.makedirs(args.out, exist_ok=True)
-
-    schedule = Schedule(args.T, "linear", scale_to_T=args.T != 1000)  # Ho et al.'s 1e-4..0.02 at T = 1000
-    print(schedule.summary(float(x.var(axis=0).mean())))
-    model = Denoiser(x.shape[1], hidden=args.hidden, n_blocks=args.n_blocks, emb_dim=args.emb_dim, embed_coords=False,
-                     layernorm=True, final_layernorm=True, seed=args.seed)
-    optimizer = AdamW(model, lr=args.lr)
-    ema = EMA(model, args.ema) if args.ema > 0 else None
-    rng = backend.default_rng(args.seed)
-    history = train.fit(model, x, ddpm.EpsilonObjective(schedule), steps=args.steps, batch_size=args.batch_size,
-                        optimizer=optimizer, rng=rng, lr_schedule=cosine_lr(args.lr, args.steps, warmup=min(100, args.steps)),
-                        clip=1.0, ema=ema)
-    t_train = history.seconds
-    print(f"trained {args.steps} steps of batch {args.batch_size} in {t_train:.2f} s "
-          f"({x.shape[1]}-{args.hidden}×{args.n_blocks}-{x.shape[1]} MLP, {sum(int(p.size) for p in model.parameters().values())} "
-          f"parameters), final loss {np.mean(history.loss[-100:]):.4f}")
-    checkpoint.save(os.path.join(args.out, "checkpoint.npz"), model, optimizer=optimizer, ema=ema,
-                    step=args.steps, schedule=schedule, meta={"demo": "mnist", "args": vars(args)})
+    args.batch_size = min(args.batch_size, len(x))
 
     t0 = time.perf_counter()
-    if ema is not None:
-        ema.swap()  # sample from the averaged weights
-    samples = sampling.sample(ddpm.EpsilonChain(model, schedule, clip_x0=(-1.0, 1.0)), args.n_samples, rng)
-    samples = backend.to_numpy(samples).astype(np.float32)  # (N, D)
-    t_sample = time.perf_counter() - t0
-    fileio.save_array(os.path.join(args.out, "samples.npy"), samples)  # every output is written atomically
+    judge = ImageJudge.from_folder(args.out, root, seed=args.seed, **(QUICK_JUDGE if args.quick else {}))
+    t_judge = time.perf_counter() - t0
+    accuracy = judge.classifier.meta["test_accuracy"]
+    print(f"judge: classifier {judge.classifier.source} in {t_judge:.1f} s, test accuracy {100 * accuracy:.1f} %")
+
+    diffusion = Diffusion(x.shape[1], T=args.T, schedule=args.schedule, prediction=args.prediction,
+                          num_classes=len(names), hidden=args.hidden, n_blocks=args.n_blocks, emb_dim=args.emb_dim,
+                          embed_coords=False, layernorm=True, final_layernorm=True, seed=args.seed)
+    history = diffusion.fit(x, steps=args.steps, labels=labels, batch_size=args.batch_size, lr=args.lr,
+                            ema=args.ema if args.ema > 0 else None, seed=args.seed)
+    n_params = sum(int(p.size) for p in diffusion.model.parameters().values())
+    print(f"trained {args.steps} steps of batch {args.batch_size} in {history.seconds:.1f} s ({x.shape[1]}-"
+          f"{args.hidden}×{args.n_blocks}-{x.shape[1]} MLP with labels, {n_params} parameters, {args.prediction}-"
+          f"prediction), final loss {np.mean(history.loss[-100:]):.4f}")
+    diffusion.save(os.path.join(args.out, "checkpoint.npz"))
+
+    rows, by_w, t_sample = sample_rows(diffusion, judge, args, args.seed + 1)
+    baselines = judge.baselines(args.n_samples, seed=args.seed, labels=np.arange(args.n_samples) % len(names))
+    table = baselines + [rows["unconditional"]] + [rows[w] for w in args.sweep]
+    print(format_table(table, judge))
+    samples, sample_labels = by_w[args.guidance]
+    fileio.save_array(os.path.join(args.out, "samples.npy"), samples.astype(np.float32))
+    fileio.save_array(os.path.join(args.out, "labels.npy"), sample_labels)
 
     t0 = time.perf_counter()
-    n = min(args.n_samples, x_test.shape[0])
-    gauss = gaussian_baseline(x[:GAUSSIAN_FIT].astype(np.float64), n, data_rng)
-    nn_samples = metrics.nearest_distances(samples, x)  # (N,)
-    figure = {"test images": float(metrics.nearest_distances(x_test[:n], x).mean()),
-              "DDPM samples": float(nn_samples.mean()),
-              "Gaussian baseline": float(metrics.nearest_distances(gauss, x).mean())}
-    t_metric = time.perf_counter() - t0
-    d = x.shape[1]
-    print(f"mean L2 distance to the nearest of {x.shape[0]} training images (pixels in [-1, 1]; "
-          f"RMS per pixel in brackets):")
-    for name, value in figure.items():
-        print(f"  {name:<18} ({n if name != 'DDPM samples' else args.n_samples:>4}): {value:7.3f}  "
-              f"[{value / np.sqrt(d):.3f}]")
-    if figure["test images"] == 0:
-        ratio, verdict = float("nan"), "undefined: every test image is a copy of a training image"
-    else:
-        ratio = figure["DDPM samples"] / figure["test images"]
-        verdict = verdict_of(ratio)
-    print(f"samples / test = {ratio:.2f}: {verdict}")
-
-    shown = min(GRID * GRID, samples.shape[0])
-    nearest = x[nearest_index(samples[:shown], x)]
-    png = os.path.join(args.out, "samples.png")
-    with fileio.atomic_path(png) as path:
-        image_grid_png(path, {f"real test images (NN dist {figure['test images']:.2f})": x_test[:shown],
-                              f"DDPM samples (NN dist {figure['DDPM samples']:.2f})": samples[:shown],
-                              "nearest training image of each sample": nearest}, shape)
-    with fileio.atomic_path(os.path.join(args.out, "loss.png")) as path:
+    out = {name: os.path.join(args.out, name) for name in ("classes.png", "guidance.png", "forming.gif", "loss.png")}
+    with fileio.atomic_path(out["classes.png"]) as path:
+        image_viz.class_rows_png(path, samples, sample_labels, names, shape,
+                                 title=f"class-conditional samples, guidance w = {args.guidance:g}")
+    with fileio.atomic_path(out["guidance.png"]) as path:
+        sweep_png(path, by_w, rows, shape)
+    forming_labels = np.repeat(np.arange(len(names)), FORMING)
+    _, _, xs = diffusion.sample(len(forming_labels), seed=args.seed + 2, labels=forming_labels, guidance=args.guidance,
+                                sampler="ddim", ddim_steps=args.ddim_steps, clip_x0=(-1.0, 1.0), record=True)
+    with fileio.atomic_path(out["forming.gif"]) as path:
+        image_viz.forming_gif(path, xs, shape, columns=FORMING)
+    with fileio.atomic_path(out["loss.png"]) as path:
         viz.loss_png(path, history.loss)
+    t_figures = time.perf_counter() - t0
 
+    predicted = judge.classifier.predict(samples)
+    per_class = [float((predicted[sample_labels == k] == k).mean()) for k in range(len(names))]
+    print(f"accuracy per class at w = {args.guidance:g}: " + ", ".join(f"{name} {100 * a:.0f} %"
+                                                                   for name, a in zip(names, per_class)))
+    targets = check_targets(rows, baselines, args.guidance, per_class)
+    for line in targets["lines"]:
+        print(line)
     total = time.perf_counter() - start
-    print(f"time: training {t_train:.2f} s, sampling {t_sample:.2f} s, quality figure {t_metric:.1f} s, "
-          f"total {total:.1f} s")
-    print(f"figure: {os.path.abspath(png)}")
+    print(f"time: judge {t_judge:.1f} s, training {history.seconds:.1f} s, sampling and scoring {t_sample:.1f} s, "
+          f"figures {t_figures:.1f} s, total {total:.1f} s")
+    result = {"rows": table, "targets": targets["met"], "per_class_accuracy": per_class, "judge_s": t_judge, "train_s": history.seconds,
+              "sample_s": t_sample, "total_s": total, "args": {k: v for k, v in vars(args).items()}}
+    fileio.write_text(os.path.join(args.out, "quality.json"), json.dumps(result, indent=1, default=float))
+    print(f"figures: {', '.join(os.path.abspath(p) for p in out.values())}")
     print(f"outputs in {os.path.abspath(args.out)}")
-    return {"figure": figure, "ratio": ratio, "train_s": t_train, "sample_s": t_sample, "total_s": total,
-            "out": os.path.abspath(args.out), "loss": history.loss}
+    return result
+
+
+def check_targets(rows: dict, baselines: list[dict], w: float, per_class: list[float]) -> dict:
+    """The issue's targets for the default run, each said as met or missed with its margin. per_class: the
+    accuracy of the samples asked for each class (a class "is present" when most of its samples are it)."""
+    per_class_gaussian, fitted = baselines[2]["fcd"], baselines[1]["fcd"]
+    conditional, unconditional = rows[w], rows["unconditional"]
+    met = {"accuracy ≥ 90 %, every class present": conditional["accuracy"] >= 0.9 and min(per_class) > 0.5,
+           "FCD below one Gaussian per class": conditional["fcd"] < per_class_gaussian,
+           "unconditional FCD below half the fitted Gaussian's": unconditional["fcd"] < fitted / 2}
+    lines = [f"target {name}: {'met' if ok else 'MISSED'}" for name, ok in met.items()]
+    lines[0] += f" ({100 * conditional['accuracy']:.1f} % at w = {w:g}; lowest class {100 * min(per_class):.0f} %)"
+    lines[1] += f" ({conditional['fcd']:.1f} vs {per_class_gaussian:.1f})"
+    lines[2] += f" ({unconditional['fcd']:.1f} vs {fitted / 2:.1f})"
+    return {"met": met, "lines": lines}
 
 
 if __name__ == "__main__":

@@ -68,6 +68,7 @@ def save(path, model, *, optimizer=None, ema=None, step: int = 0, rng=None, sche
     if ema is not None:
         arrays["ema/shadow"] = backend.to_numpy(ema.shadow)
         info["ema_decay"] = ema.decay
+        info["ema_updates"], info["ema_warmup"] = int(ema.updates), bool(ema.warmup)
     if rng is not None:
         state = backend.rng_state(rng)
         if "device_state" in state:  # CuPy's generator: its state bytes go in an array, the meta names them
@@ -159,6 +160,8 @@ class Checkpoint:
             optimizer.load_state_dict(state)
         if ema is not None:
             ema.shadow[...] = backend.asarray(shadow, dtype=ema.shadow.dtype)
+            # a checkpoint from before the warmup existed: its average is past any warmup
+            ema.updates = int(self.info.get("ema_updates", 10**9))
         if rng is not None:
             backend.set_rng_state(rng, rng_state)
 
@@ -199,6 +202,9 @@ def _check_info(path: str, info) -> dict:
         decay = info["ema_decay"]
         if not _finite_number(decay) or not 0 <= decay < 1:
             raise fail(f"'ema_decay' must be a number in [0, 1), got {_show(decay)}")
+    updates = info.get("ema_updates", 0)
+    if isinstance(updates, bool) or not isinstance(updates, int) or updates < 0:
+        raise fail(f"'ema_updates' must be an integer >= 0, got {_show(updates)}")
     if "rng_state" in info and not isinstance(info["rng_state"], dict):
         raise fail("'rng_state' must be an object")
     return info

@@ -273,3 +273,25 @@ def load_points(path: str | os.PathLike) -> np.ndarray:
             f"first at row {row}, column {col}"
         )
     return x
+
+
+def eight_gaussians_centres() -> np.ndarray:
+    """The centres of ``eight_gaussians``' components after its /1.414: c_k = (4/1.414) (cos kπ/4, sin kπ/4),
+    k = 0..7, shape (8, 2); radius ≈ 2.83."""
+    angles = np.arange(8) * (math.pi / 4)
+    return 4.0 * np.stack([np.cos(angles), np.sin(angles)], axis=1) / 1.414
+
+
+def eight_gaussians_labelled(n: int, rng: np.random.Generator, std: float = 0.5 / 1.414) -> tuple[np.ndarray, np.ndarray]:
+    """``eight_gaussians`` with each point's component as its label: x = c_k + std · ε, k ~ U{0..7}, ε ~ N(0, I).
+
+    Returns (x (n, 2) float64, y (n,) int64 in 0..7, y_n = k of point n). std: each component's standard
+    deviation; the default, FFJORD's 0.5/1.414 ≈ 0.354, draws the points of ``eight_gaussians`` for the same
+    rng (up to rounding). The components share weight and covariance, so the Bayes classifier of the density
+    is the nearest centre (``eight_gaussians_centres``).
+    """
+    n = _check(n, rng)
+    if not (isinstance(std, (int, float, np.floating)) and math.isfinite(std) and std > 0):
+        raise ValueError(f"std must be a finite number > 0, got {std!r}")
+    k = rng.integers(0, 8, size=n)
+    return eight_gaussians_centres()[k] + float(std) * rng.standard_normal((n, 2)), k.astype(np.int64)

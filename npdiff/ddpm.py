@@ -22,6 +22,7 @@ The names: ``noise`` is the true ε drawn by the forward process; ``eps_theta`` 
 from __future__ import annotations
 
 from npdiff import backend
+from npdiff.guidance import check_labels, drop_labels, guide
 from npdiff.schedules import Schedule
 
 VARIANCES = ("fixed_small", "fixed_large", "learned_range")
@@ -88,17 +89,24 @@ class EpsilonObjective:
     deterministic gradient checks), runs the forward pass, and ADDS dL/dθ into the model's ``grads``
     through ``model.backward`` (the caller zeroes them). Returns the loss, a 0-d backend array.
     prediction: what f predicts, "eps" (DDPM), "x0" or "v"; min_snr_gamma: None (uniform weights, L_simple)
-    or γ of the min-SNR-γ weighting (Hang et al. use 5).
+    or γ of the min-SNR-γ weighting (Hang et al. use 5). A class-conditional model (``Denoiser(num_classes=K)``)
+    takes the batch's labels ``y``; each is replaced by "no label" with probability ``label_dropout``
+    (classifier-free guidance's training, ``npdiff.guidance``).
     """
 
     out_factor = 1  # the model predicts one target: D outputs
+    takes_labels = True  # ``train.fit`` may pass the batch's class labels as y
 
-    def __init__(self, schedule: Schedule, prediction: str = "eps", min_snr_gamma: float | None = None) -> None:
+    def __init__(self, schedule: Schedule, prediction: str = "eps", min_snr_gamma: float | None = None,
+                 label_dropout: float = 0.1) -> None:
         if min_snr_gamma is not None and not min_snr_gamma > 0:
             raise ValueError(f"min_snr_gamma must be > 0 (or None for uniform weights), got {min_snr_gamma!r}")
+        if not 0 <= label_dropout < 1:
+            raise ValueError(f"label_dropout must lie in [0, 1), got {label_dropout!r}")
         self.schedule, self.prediction, self.min_snr_gamma = schedule, check_prediction(prediction), min_snr_gamma
+        self.label_dropout = float(label_dropout)
         self.config = {"objective": "epsilon", "prediction": prediction, "min_snr_gamma": min_snr_gamma,
-                       "schedule": dict(schedule.config)}
+                       "label_dropout": self.label_dropout, "schedule": dict(schedule.config)}
 
     def _loss(self, f_theta, x0, t, noise):
         """(loss, dL/df_θ): the mean of w_t (f_θ − target)² over N·D entries (w_t = 1 without min-SNR)."""
@@ -112,21 +120,32 @@ class EpsilonObjective:
     def check_model(self, model) -> None:
         check_out_dim(model, self.out_factor, "the ε objective")
 
-    def loss(self, model, x0, rng=None, *, t=None, noise=None) -> float:
+    def _forward(self, model, x_t, t, y, rng):
+        """f_θ(x_t, t, y) with y's labels dropped at rate ``label_dropout`` (given draws: t and noise, no rng,
+        keep every label); an unconditional model takes no y."""
+        if y is None:
+            return model.forward(x_t, t)
+        if rng is not None:
+            y = drop_labels(y, self.label_dropout, model.label_emb.null, rng)
+        return model.forward(x_t, t, y)
+
+    def loss(self, model, x0, rng=None, *, y=None, t=None, noise=None) -> float:
         """The loss alone (a forward pass, no gradient), as a Python float."""
         self.check_model(model)
         x0, t, noise = draw_inputs(self.schedule, model, x0, rng, t, noise)
-        return float(self._loss(model.forward(self.schedule.q_sample(x0, t, noise), t), x0, t, noise)[0])
+        f_theta = self._forward(model, self.schedule.q_sample(x0, t, noise), t, y, rng)
+        return float(self._loss(f_theta, x0, t, noise)[0])
 
-    def loss_and_backward(self, model, x0, rng=None, *, t=None, noise=None):
-        """Forward, L_simple, and model.backward(dL/dε_θ).  x0 (N, D); t (N,) and noise (N, D) optional.
+    def loss_and_backward(self, model, x0, rng=None, *, y=None, t=None, noise=None):
+        """Forward, L_simple, and model.backward(dL/dε_θ).  x0 (N, D); y (N,) class labels, t (N,) and
+        noise (N, D) optional.
 
         Returns the loss as a 0-d backend array: it is not read back to the host (``float()`` does that).
         """
         self.check_model(model)
         x0, t, noise = draw_inputs(self.schedule, model, x0, rng, t, noise)
         x_t = self.schedule.q_sample(x0, t, noise)  # (N, D)
-        loss, d_f_theta = self._loss(model.forward(x_t, t), x0, t, noise)
+        loss, d_f_theta = self._loss(self._forward(model, x_t, t, y, rng), x0, t, noise)
         model.backward(d_f_theta, input_grad=False)  # training needs only dL/dθ
         return loss
 
@@ -157,13 +176,16 @@ class EpsilonChain:
     learned-range model (its variance half is ignored), which separates the mean's and the variance's
     share of the bound. clip_x0: None, or (lo, hi) to clip x̂_0 to the data's range before the mean is
     formed. max_gain: the sampler refuses an unclipped chain whose steps amplify ε_θ's error more than
-    this (``npdiff.sampling``); None turns the check off.
+    this (``npdiff.sampling``); None turns the check off. labels: for a class-conditional model, the
+    class of each of the N samples (N,) (checked where they enter, ``guidance.sample_labels``), or None
+    for the unconditional model; guidance: w of classifier-free guidance, f̃ = (1 + w) f_c − w f_∅ on
+    the network's prediction (``npdiff.guidance``; the variance half stays the conditional one's).
     """
 
     predicts_eps = True  # DDIM can step this chain, and its error gain is checked before sampling
 
     def __init__(self, model, schedule: Schedule, variance: str = "fixed_small", *, clip_x0=None,
-                 max_gain: float | None = 10.0, prediction: str = "eps") -> None:
+                 max_gain: float | None = 10.0, prediction: str = "eps", labels=None, guidance: float = 0.0) -> None:
         if variance not in VARIANCES:
             raise ValueError(f"unknown variance {variance!r}; choose one of {', '.join(VARIANCES)}")
         config = getattr(model, "config", None)  # oracles (npdiff.oracles.GaussianEpsilon) have none
@@ -177,16 +199,40 @@ class EpsilonChain:
             if not lo < hi:
                 raise ValueError(f"clip_x0 must be a range (lo, hi) with lo < hi, got {clip_x0!r}")
             clip_x0 = (lo, hi)
+        if labels is None and guidance != 0:
+            raise ValueError("guidance needs labels: the class of each sample")
+        if labels is not None and getattr(model, "label_emb", None) is None:
+            raise ValueError("labels need a class-conditional model (Denoiser(num_classes=K))")
+        if labels is not None:
+            labels = check_labels(labels, len(labels), model.label_emb.n_classes)
+        self.labels, self.guidance = labels, float(guidance)
         self.model, self.schedule, self.variance = model, schedule, variance
         self.clip_x0, self.max_gain, self.prediction = clip_x0, max_gain, check_prediction(prediction)
         self.data_dim = int(config["data_dim"]) if config is not None else int(model.data_dim)
         self.dtype = getattr(model, "dtype", None) or backend.xp.dtype("float64")
 
     def _forward(self, x_t, t):
-        """The network's output split into f_θ (N, D) and the variance half (N, D) or None."""
-        out = self.model.forward(x_t, self.schedule.as_timesteps(t))
+        """The network's output split into f_θ (N, D) and the variance half (N, D) or None; guided when the
+        chain has labels and a guidance scale: one forward pass of 2N rows, [x_t; x_t] labelled [y; ∅]."""
+        t = self.schedule.as_timesteps(t)
+        if self.labels is None:
+            out = self.model.forward(x_t, t)
+        elif self.guidance == 0:
+            out = self.model.forward(x_t, t, self._labels(x_t))
+        else:
+            xp, n = backend.xp, x_t.shape[0]
+            null = xp.full(n, self.model.label_emb.null, dtype="int64")
+            both = self.model.forward(xp.concatenate([x_t, x_t]), xp.concatenate([t, t]),
+                                      xp.concatenate([self._labels(x_t), null]))  # (2N, O)
+            out = both[:n].copy()  # conditional: its variance half is the one used
+            out[:, :self.data_dim] = guide(both[:n, :self.data_dim], both[n:, :self.data_dim], self.guidance)
         d = self.data_dim
         return out[:, :d], (out[:, d:] if out.shape[1] == 2 * d else None)
+
+    def _labels(self, x_t):
+        if self.labels.shape[0] != x_t.shape[0]:
+            raise ValueError(f"the chain has {self.labels.shape[0]} labels for {x_t.shape[0]} samples")
+        return self.labels
 
     def _x0_and_eps(self, x_t, t, f_theta):
         """(x̂_0, ε_θ) from the network's prediction f_θ, each (N, D), unclipped."""

@@ -5,6 +5,10 @@ Shape glossary: N points, D data dims, T diffusion steps.
     diffusion = Diffusion(data_dim=2, objective="epsilon", T=200, hidden=64)
     diffusion.fit(x, steps=3000)           # x (N, D) host array; AdamW, cosine lr, clipping by default
     samples = diffusion.sample(2000)       # (2000, D) host NumPy array
+
+    labelled = Diffusion(data_dim=2, num_classes=8)           # class-conditional (the "epsilon" objective)
+    labelled.fit(x, steps=3000, labels=y)                     # y (N,) classes 0..7; 10 % dropped in training
+    labelled.sample(800, labels="balanced", guidance=2.0)     # classifier-free guidance, w = 2
     diffusion.bound(x_held_out).summary()  # the variational bound on log p, nats and bits
 
 The three objectives, and what each fixes about the model and the chain:
@@ -23,6 +27,7 @@ import numpy as np
 
 from npdiff import backend, checkpoint, conditioning, likelihood, sampling, train
 from npdiff.ddpm import EpsilonChain, EpsilonObjective
+from npdiff.guidance import sample_labels
 from npdiff.hybrid import HybridObjective
 from npdiff.models import Denoiser
 from npdiff.optim import EMA, AdamW, cosine_lr
@@ -39,13 +44,16 @@ class Diffusion:
     data_dim: D. objective: one of OBJECTIVES. T, schedule, schedule_kwargs: the forward process
     (``Schedule(T, schedule, **schedule_kwargs)``). variance: the ε-chain's σ_t² ("fixed_small",
     "fixed_large", "learned_range"; by default the objective's own). prediction, min_snr_gamma: the "epsilon"
-    objective's target ("eps", "x0" or "v") and loss weighting (``ddpm.EpsilonObjective``). denoiser_kwargs: ``Denoiser``'s
-    architecture (hidden, n_blocks, emb_dim, …); its output width follows from the objective.
+    objective's target ("eps", "x0" or "v") and loss weighting (``ddpm.EpsilonObjective``). num_classes: K for
+    a class-conditional model ("epsilon" objective), whose training drops each label with probability
+    ``label_dropout`` (``npdiff.guidance``). denoiser_kwargs: ``Denoiser``'s architecture (hidden, n_blocks,
+    emb_dim, input_skip, …); its output width follows from the objective.
     """
 
     def __init__(self, data_dim: int, objective: str = "epsilon", T: int = 1000, schedule: str = "linear",
                  schedule_kwargs: dict | None = None, variance: str | None = None, prediction: str = "eps",
-                 min_snr_gamma: float | None = None, **denoiser_kwargs) -> None:
+                 min_snr_gamma: float | None = None, num_classes: int | None = None, label_dropout: float = 0.1,
+                 **denoiser_kwargs) -> None:
         if objective not in OBJECTIVES:
             raise ValueError(f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
         if "out_dim" in denoiser_kwargs:
@@ -57,18 +65,20 @@ class Diffusion:
             raise ValueError("the hybrid objective trains a learned-range variance; variance must be 'learned_range'")
         if objective != "epsilon" and (prediction != "eps" or min_snr_gamma is not None):
             raise ValueError("prediction and min_snr_gamma belong to the 'epsilon' objective")
+        if objective != "epsilon" and num_classes is not None:
+            raise ValueError("class labels (num_classes) are supported with the 'epsilon' objective")
         self.schedule = Schedule(T, schedule, **(schedule_kwargs or {}))
         if objective == "sohl_dickstein":
             self.model = make_model(data_dim, **denoiser_kwargs)
             self.objective = BoundObjective(self.schedule)
         else:
             factor = 2 if objective == "hybrid" else 1
-            self.model = Denoiser(data_dim, out_dim=factor * data_dim, **denoiser_kwargs)
+            self.model = Denoiser(data_dim, out_dim=factor * data_dim, num_classes=num_classes, **denoiser_kwargs)
             self.objective = (HybridObjective(self.schedule) if objective == "hybrid"
-                              else EpsilonObjective(self.schedule, prediction, min_snr_gamma))
+                              else EpsilonObjective(self.schedule, prediction, min_snr_gamma, label_dropout))
         self.objective.check_model(self.model)
         self.config = {"objective": objective, "variance": variance, "prediction": prediction,
-                       "min_snr_gamma": min_snr_gamma}
+                       "min_snr_gamma": min_snr_gamma, "label_dropout": float(label_dropout)}
         self.chain()  # the chain checks the model against its variance now, not at the first sample
         self.optimizer, self.ema, self.history = None, None, None
 
@@ -77,18 +87,25 @@ class Diffusion:
         """The reverse chain that ``sample`` and ``bound`` use."""
         return self.chain()
 
-    def chain(self, clip_x0=None, max_gain: float | None = 10.0):
-        """The reverse process of this model; ε-models take ``clip_x0`` and ``max_gain`` (``ddpm.EpsilonChain``)."""
+    @property
+    def num_classes(self) -> int | None:
+        return self.model.config.get("num_classes")
+
+    def chain(self, clip_x0=None, max_gain: float | None = 10.0, labels=None, guidance: float = 0.0):
+        """The reverse process of this model; ε-models take ``clip_x0``, ``max_gain``, and for a class-conditional
+        model the samples' ``labels`` (N,) and the ``guidance`` scale w (``ddpm.EpsilonChain``)."""
         if self.config["objective"] == "sohl_dickstein":
             if clip_x0 is not None:
                 raise ValueError("clip_x0 applies to ε-prediction chains, not to the Sohl-Dickstein chain")
             return SohlDicksteinChain(self.model, self.schedule)
         return EpsilonChain(self.model, self.schedule, self.config["variance"], clip_x0=clip_x0, max_gain=max_gain,
-                            prediction=self.config["prediction"])
+                            prediction=self.config["prediction"], labels=labels, guidance=guidance)
 
-    def fit(self, x, steps: int, batch_size: int = 256, lr: float = 1e-3, *, optimizer=None, ema: float | None = None,
-            clip: float | None = 1.0, seed: int = 0, rng=None, lr_schedule=None, **fit_kwargs) -> train.History:
-        """Train on x (N, D) for ``steps`` steps; returns the History (``train.fit`` takes ``fit_kwargs``).
+    def fit(self, x, steps: int, batch_size: int = 256, lr: float = 1e-3, *, labels=None, optimizer=None,
+            ema: float | None = None, clip: float | None = 1.0, seed: int = 0, rng=None, lr_schedule=None,
+            **fit_kwargs) -> train.History:
+        """Train on x (N, D), with class labels (N,) for a class-conditional model, for ``steps`` steps; returns
+        the History (``train.fit`` takes ``fit_kwargs``).
 
         Defaults: AdamW (lr, no weight decay), lr warmed up over min(100, steps/10) steps then cosine-decayed
         to 0, gradient norm clipped at ``clip``. ema: a decay (e.g. 0.999) to keep an EMA of the weights,
@@ -102,7 +119,7 @@ class Diffusion:
             lr_schedule = cosine_lr(lr, steps, warmup=min(100, steps // 10)) if steps >= 1 else None
         self.history = train.fit(self.model, x, self.objective, steps=steps, batch_size=batch_size,
                                  optimizer=self.optimizer, rng=backend.default_rng(seed) if rng is None else rng,
-                                 lr_schedule=lr_schedule, clip=clip, ema=self.ema, **fit_kwargs)
+                                 lr_schedule=lr_schedule, clip=clip, ema=self.ema, labels=labels, **fit_kwargs)
         return self.history
 
     def _averaged(self, fn):
@@ -116,9 +133,13 @@ class Diffusion:
             self.ema.swap()
 
     def sample(self, n: int, seed: int = 0, rng=None, *, sampler: str = "ancestral", ddim_steps: int | None = None,
-               eta: float = 0.0, clip_x0=None, x_T=None, record: bool = False, given=None, observed=None,
-               noise_std=None, condition: str = "paper"):
+               eta: float = 0.0, clip_x0=None, x_T=None, record: bool = False, labels=None, guidance: float = 0.0,
+               given=None, observed=None, noise_std=None, condition: str = "paper"):
         """n samples (n, D) as a host NumPy array (``sampling.sample``; record=True adds (ts, xs)).
+
+        labels (class-conditional models): one class for every sample (an int), one per sample (n,), or
+        "balanced" (classes in turn); None samples the unconditional model. guidance: w of classifier-free
+        guidance (``npdiff.guidance``; 0 is the plain conditional model).
 
         given / observed / noise_std: sample p(x0) r(x0) instead, conditioned on known coordinates (NaN =
         free) or on a noisy observation y = x0 + N(0, noise_std²), (D,) or (n, D) in the model's coordinates;
@@ -126,14 +147,19 @@ class Diffusion:
         The chain starts at a draw of p̃(x_T) unless x_T is given.
         """
         rng = backend.default_rng(seed) if rng is None else rng
+        if labels is not None:
+            if self.num_classes is None:
+                raise ValueError("labels need a class-conditional model (Diffusion(..., num_classes=K))")
+            labels = sample_labels(labels, n if x_T is None else len(x_T), self.num_classes)
         if given is None and observed is None and noise_std is None:
             if condition != "paper":
                 raise ValueError("condition applies with given or observed (and noise_std)")
-            process = self.chain(clip_x0)
+            process = self.chain(clip_x0, labels=labels, guidance=guidance)
         elif sampler != "ancestral":
             raise ValueError("a conditioned chain samples with sampler='ancestral' (it has no ε prediction for DDIM)")
         else:
-            process = conditioning.Conditioned(self.chain(clip_x0), given, observed, noise_std, method=condition)
+            chain = self.chain(clip_x0, labels=labels, guidance=guidance)
+            process = conditioning.Conditioned(chain, given, observed, noise_std, method=condition)
             x_T = process.x_T(n, rng) if x_T is None else x_T
         out = self._averaged(lambda: sampling.sample(process, n, rng, sampler=sampler, ddim_steps=ddim_steps, eta=eta,
                                                      x_T=x_T, record=record))
@@ -169,9 +195,10 @@ class Diffusion:
         architecture = {k: v for k, v in model_config.items() if k not in ("data_dim", "out_dim")}
         self = cls(model_config["data_dim"], meta["objective"], T, name, schedule_config,
                    variance=meta.get("variance"), prediction=meta.get("prediction", "eps"),
-                   min_snr_gamma=meta.get("min_snr_gamma"), **architecture)
+                   min_snr_gamma=meta.get("min_snr_gamma"), label_dropout=meta.get("label_dropout", 0.1),
+                   **architecture)
         ckpt.restore(self.model)
         if "ema/shadow" in ckpt.arrays:
-            self.ema = EMA(self.model, ckpt.info.get("ema_decay", 0.999))
+            self.ema = EMA(self.model, ckpt.info.get("ema_decay", 0.999), warmup=ckpt.info.get("ema_warmup", True))
             ckpt.restore(self.model, ema=self.ema)
         return self

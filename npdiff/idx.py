@@ -39,6 +39,8 @@ import zlib
 import numpy as np
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # Debian: apt-get install dataset-fashion-mnist
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+                         "Bag", "Ankle boot")  # label k's name (Xiao, Rasul & Vollgraf 2017, Table 1)
 MNIST_URL = "https://ossci-datasets.s3.amazonaws.com/mnist/"  # torchvision's mirror of yann.lecun.com/exdb/mnist/
 DOWNLOAD_TIMEOUT = 60.0  # seconds without an answer before a download gives up
 
@@ -220,6 +222,13 @@ def load_mnist(root: str | os.PathLike, split: str = "train", download: bool = F
         raise ValueError(f"{FILES[split][1]} in {root}: expected {images.shape[0]} uint8 labels, "
                          f"got {labels.dtype} {labels.shape}")
     return images, labels
+
+
+def class_names(root, n_classes: int) -> list[str]:
+    """Names of labels 0..K−1: Fashion-MNIST's when the folder's name says "fashion", else the digits "0", "1", …"""
+    if "fashion" in os.path.basename(os.path.normpath(os.fspath(root))).lower() and n_classes == 10:
+        return list(FASHION_MNIST_CLASSES)
+    return [str(k) for k in range(n_classes)]
 
 
 def images_to_vectors(images, dtype="float32") -> np.ndarray:

@@ -5,11 +5,18 @@ F first-layer input features from x_t (D·E, or D without the coordinate embeddi
 O output channels (D for ε-prediction, 2·D for a mean and a variance per dim), U distinct timesteps.
 
     h_x = emb_c(x_t)  (N, D·E)   sinusoidal, scale ``coord_scale``; or x_t itself (N, D) for images
-    h_t = emb_t(t)    (N, Et)    sinusoidal, scale ``time_scale`` (a table lookup: t is an integer)
-    h   = act(Linear([h_x, h_t]))                       (N, H)
+    h_t = emb_t(t)    (N, Et)    sinusoidal, scale ``time_scale`` (on NumPy a table lookup: t is an integer)
+    h   = act(Linear([h_x, h_t]) + e_y)                 (N, H)   e_y = emb_y(y), only if ``num_classes``
     h   = h + act(Linear(LN(h)))   × n_blocks            (N, H)   (LN only if ``layernorm``)
     h   = LN(h)                                          (N, H)   (only if ``final_layernorm``)
-    y   = Linear(h)                                      (N, O)
+    f   = Linear(h)                                      (N, O)
+    f   = f + Linear_skip(x_t)                           (N, O)   (only if ``input_skip``)
+
+A class-conditional denoiser (``num_classes`` = K) adds a learned vector per label e_y (N, H) to the
+first layer's pre-activation (``embeddings.LabelEmbedding``; y = K, or y omitted, is "no label", the
+unconditional model of classifier-free guidance, ``npdiff.guidance``). ``input_skip`` adds a Linear map
+of x_t itself to the output, a long skip around the MLP (for ε- and v-prediction the target is close
+to a linear function of x_t at large t).
 
 Initialisation: every Linear as PyTorch's default, W and b ~ U(−1/√fan_in, 1/√fan_in); LayerNorm
 γ = 1, β = 0. Parameters live in one contiguous buffer (``npdiff.flat``), in the dtype chosen here.
@@ -22,7 +29,7 @@ timestep, which gives the same numbers with less work.
 from __future__ import annotations
 
 from npdiff import backend
-from npdiff.embeddings import SinusoidalEmbedding, TimestepEmbedding
+from npdiff.embeddings import LabelEmbedding, SinusoidalEmbedding, TimestepEmbedding
 from npdiff.flat import flatten
 from npdiff.layers import LayerNorm, Linear, Module, Residual, Sequential, activation as make_activation
 from npdiff.primitives import batch_sum, segment_sum, unique_inverse
@@ -63,8 +70,11 @@ class EmbeddingLinear(Linear):
         """(steps, rows), t = steps[rows], when the route is per timestep; None when it is per row.
 
         per_timestep: force a route; None chooses per timestep for at least ``GROUP_MIN_ROWS`` rows with
-        at most a quarter as many distinct timesteps.
+        at most a quarter as many distinct timesteps, on NumPy. On a device None is per row: the number of
+        distinct timesteps is data-dependent, and counting them would read t back (a sync) at every step.
         """
+        if per_timestep is None and backend.name != "numpy":
+            return None
         if per_timestep is False or (per_timestep is None and t.shape[0] < self.GROUP_MIN_ROWS):
             return None
         steps, rows = unique_inverse(t)
@@ -117,7 +127,7 @@ class EmbeddingLinear(Linear):
 
 
 class Denoiser(Module):
-    """f(x_t, t): (N, D) floats and (N,) integer timesteps -> (N, out_dim).
+    """f(x_t, t[, y]): (N, D) floats, (N,) integer timesteps and optional (N,) class labels -> (N, out_dim).
 
     All constructor arguments are kept in ``config`` so that ``Denoiser(**config)`` rebuilds the
     architecture (checkpoints store it).
@@ -137,6 +147,8 @@ class Denoiser(Module):
         activation: str = "gelu",
         layernorm: bool = False,
         final_layernorm: bool = False,
+        num_classes: int | None = None,
+        input_skip: bool = False,
         dtype: str = "float32",
         seed: int = 0,
     ) -> None:
@@ -146,13 +158,17 @@ class Denoiser(Module):
         for label, value in (("data_dim", data_dim), ("out_dim", out_dim), ("hidden", hidden)):
             if int(value) < 1:
                 raise ValueError(f"{label} must be >= 1, got {value}")
+        if num_classes is not None and (isinstance(num_classes, bool) or int(num_classes) < 1):
+            raise ValueError(f"num_classes must be >= 1 (or None for an unconditional model), got {num_classes!r}")
         if int(n_blocks) < 0:
             raise ValueError(f"n_blocks must be >= 0, got {n_blocks}")
         self.config = dict(
             data_dim=int(data_dim), out_dim=int(out_dim), hidden=int(hidden), n_blocks=int(n_blocks),
             emb_dim=int(emb_dim), time_emb_dim=int(time_emb_dim), coord_scale=float(coord_scale),
             time_scale=float(time_scale), embed_coords=bool(embed_coords), activation=str(activation),
-            layernorm=bool(layernorm), final_layernorm=bool(final_layernorm), dtype=str(dtype), seed=int(seed),
+            layernorm=bool(layernorm), final_layernorm=bool(final_layernorm),
+            num_classes=None if num_classes is None else int(num_classes), input_skip=bool(input_skip),
+            dtype=str(dtype), seed=int(seed),
         )
         self.dtype = backend.xp.dtype(dtype)
         rng = backend.default_rng(seed)
@@ -168,24 +184,45 @@ class Denoiser(Module):
         self.blocks = Sequential(*blocks)
         self.norm = LayerNorm(hidden, dtype=dtype) if final_layernorm else None
         self.out = Linear(hidden, out_dim, rng, dtype)
+        # created last, so that a model without them draws the same initial weights as before they existed
+        self.label_emb = LabelEmbedding(num_classes, hidden, rng, dtype) if num_classes is not None else None
+        self.skip = Linear(data_dim, out_dim, rng, dtype) if input_skip else None
         flatten(self)
 
     def children(self):
         named = [("coord_emb", self.coord_emb), ("time_emb", self.time_emb), ("inp", self.inp),
-                 ("blocks", self.blocks), ("norm", self.norm), ("out", self.out)]
+                 ("blocks", self.blocks), ("norm", self.norm), ("out", self.out), ("label_emb", self.label_emb),
+                 ("skip", self.skip)]
         return [(name, m) for name, m in named if m is not None]
 
-    def forward(self, x_t, t):
+    def forward(self, x_t, t, y=None):
+        """y: (N,) class labels 0..K−1, or K ("no label"); None is "no label" for every row of a conditional
+        model, and the only choice for an unconditional one."""
         if x_t.ndim != 2 or x_t.shape[1] != self.config["data_dim"]:
             raise ValueError(f"x_t must have shape (N, {self.config['data_dim']}), got {tuple(x_t.shape)}")
         if t.shape != (x_t.shape[0],):
             raise ValueError(f"t must have shape ({x_t.shape[0]},), got {tuple(t.shape)}")
+        x_t = x_t.astype(self.dtype, copy=False)
         first, act = self.inp.layers
-        h = act.forward(first.forward(x_t.astype(self.dtype, copy=False), t))  # act([h_x, h_t]·W + b)  (N, H)
-        h = self.blocks.forward(h)
+        z = first.forward(x_t, t)  # [h_x, h_t]·W + b  (N, H)
+        if self.label_emb is not None:
+            z = z + self.label_emb.forward(self._labels(y, x_t.shape[0]))  # + e_y
+        elif y is not None:
+            raise ValueError("this denoiser has no class labels (num_classes=None); do not pass y")
+        h = self.blocks.forward(act.forward(z))
         if self.norm is not None:
             h = self.norm.forward(h)
-        return self.out.forward(h)  # (N, O)
+        f = self.out.forward(h)  # (N, O)
+        return f if self.skip is None else f + self.skip.forward(x_t)
+
+    def _labels(self, y, n: int):
+        """y as given, or the null label for every row; the shape is checked (the values are the caller's:
+        ``guidance.check_labels`` checks them once, where they enter, so that no step reads them back)."""
+        if y is None:
+            return backend.xp.full(n, self.label_emb.null, dtype="int64")
+        if y.shape != (n,) or y.dtype.kind not in "iu":
+            raise ValueError(f"y must be a 1-D array of {n} integer labels, got {y.dtype} of shape {tuple(y.shape)}")
+        return y
 
     def backward(self, dy, input_grad: bool = True):
         """dy = dL/df (N, O) -> dL/dx_t (N, D); parameter gradients are added into ``grads``.
@@ -196,6 +233,11 @@ class Denoiser(Module):
         dh = self.out.backward(dy)
         if self.norm is not None:
             dh = self.norm.backward(dh)
-        dh = self.blocks.backward(dh)
-        first, act = self.inp.layers
-        return first.backward(act.backward(dh), input_grad=input_grad)  # dL/dx_t  (N, D), or None
+        dz = self.inp.layers[1].backward(self.blocks.backward(dh))  # through the blocks and act: dL/dz  (N, H)
+        if self.label_emb is not None:
+            self.label_emb.backward(dz)  # z = … + e_y: dL/de_y = dL/dz
+        dx = self.inp.layers[0].backward(dz, input_grad=input_grad)  # dL/dx_t  (N, D), or None
+        if self.skip is not None:
+            dx_skip = self.skip.backward(dy, input_grad=input_grad)  # f = … + skip(x_t)
+            dx = dx + dx_skip if input_grad else None
+        return dx

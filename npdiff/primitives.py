@@ -63,6 +63,8 @@ def unique_inverse(t):
     Plain: ``xp.unique(t, return_inverse=True)``. For timesteps, counting is faster than sorting: the
     values present are where ``bincount(t)`` is non-zero, and each entry's index is found by binary
     search among them (3× faster than ``unique`` at 32 rows, 2× at 1000). Negative t raise a ValueError.
+    U depends on the data, so on a device the sizes are read back (CuPy syncs twice: ``bincount`` needs
+    max t, ``flatnonzero`` the count); the denoiser groups timesteps there only when asked to.
     """
     xp = backend.xp
     steps = xp.flatnonzero(xp.bincount(t))  # the distinct values, ascending  (U,)

@@ -163,7 +163,9 @@ class Schedule:
         t = np.asarray(t)
         if t.dtype.kind not in "iu" and t.size:
             raise ValueError(f"timesteps must be integers, got dtype {t.dtype}")
-        if t.size and (t.min() < 0 or t.max() > self.T):
+        # both ends in one pass (this runs at every gather of host timesteps): cast to unsigned, a negative
+        # t wraps around to a number far above any T
+        if t.size and t.astype(np.uint64).max() > self.T:
             raise ValueError(f"timesteps must lie in 0..{self.T}; got min {t.min()}, max {t.max()}")
         return t
 

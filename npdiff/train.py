@@ -7,7 +7,8 @@ The loop knows nothing of diffusion: it drives an *objective*, any object with
     loss_and_backward(model, x0, rng) -> loss   # forward, loss, model.backward (adds into grads)
 
 (``npdiff.ddpm.EpsilonObjective``, the Sohl-Dickstein bound, …), whose loss is a 0-d backend array (or a
-float). One step of ``train_step`` is
+float). With class labels (``fit(..., labels=y)``) the objective also takes the batch's labels,
+``loss_and_backward(model, x0, rng, y=y_batch)``; objectives that can, say so with ``takes_labels = True``. One step of ``train_step`` is
 
     zero_grad → loss_and_backward → ‖g‖ → clip ‖g‖ → optimizer → EMA
 
@@ -42,7 +43,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from npdiff import backend, checkpoint
-from npdiff.optim import AdamW, clip_grad_norm
+from npdiff.guidance import check_labels
+from npdiff.optim import AdamW, clip_grad_norm, grad_norm
 from npdiff.progress import Progress
 from npdiff.safeguards import LastGoodState, check_checkpoint_path, deferred_signals
 
@@ -72,25 +74,30 @@ class Batches:
     """Shuffled minibatches without replacement: each epoch is one permutation of the M points, cut
     into M // B batches (the last partial batch is dropped). The state (permutation, position) is
     saved in checkpoints, so a resumed run sees exactly the batches the uninterrupted run would.
+    labels: optional (M,) class labels, shuffled with the points.
     """
 
-    def __init__(self, data, batch_size: int, rng) -> None:
+    def __init__(self, data, batch_size: int, rng, labels=None) -> None:
         if isinstance(batch_size, bool) or not 1 <= batch_size <= data.shape[0]:
             raise ValueError(f"batch_size must lie in 1..{data.shape[0]} (the number of points), got {batch_size}")
-        self.data, self.batch_size, self.rng = data, int(batch_size), rng
-        self.perm, self.pos, self.shuffled = None, 0, None
+        self.data, self.labels, self.batch_size, self.rng = data, labels, int(batch_size), rng
+        self.perm, self.pos, self.shuffled, self.shuffled_labels = None, 0, None, None
 
     def next(self):
-        """The next (B, D) batch, a view into this epoch's shuffled copy of the data."""
+        """(x0, y): the next (B, D) batch, a view into this epoch's shuffled copy of the data, and its (B,)
+        labels (None without labels)."""
         if self.perm is None or self.pos + self.batch_size > self.data.shape[0]:
             self._shuffle(backend.permutation(self.rng, self.data.shape[0]), 0)
-        batch = self.shuffled[self.pos : self.pos + self.batch_size]
+        rows = slice(self.pos, self.pos + self.batch_size)
         self.pos += self.batch_size
-        return batch
+        return self.shuffled[rows], None if self.labels is None else self.shuffled_labels[rows]
 
     def _shuffle(self, perm, pos: int) -> None:
         self.perm, self.pos = perm, int(pos)
-        self.shuffled = self.data[backend.asarray(perm)]  # one gather per epoch; batches are slices
+        perm = backend.asarray(perm)
+        self.shuffled = self.data[perm]  # one gather per epoch; batches are slices
+        if self.labels is not None:
+            self.shuffled_labels = self.labels[perm]
 
     def state_dict(self) -> dict:
         if self.perm is None:
@@ -144,9 +151,10 @@ class History:
         return cls(**{k: [float(v) for v in np.atleast_1d(arrays.get(k, []))] for k in ("loss", "lr", "grad_norm")})
 
 
-def train_step(model, objective, x0, rng, optimizer, *, lr: float | None = None, clip: float | None = None,
+def train_step(model, objective, x0, rng, optimizer, *, y=None, lr: float | None = None, clip: float | None = None,
                ema=None, step: int = 0, check: bool = True):
-    """One update; returns (loss, gradient norm before clipping).
+    """One update on the batch x0 (B, D), with its class labels y (B,) if any; returns (loss, gradient norm
+    before clipping).
 
     check=True: both are read back (one host transfer) and returned as floats; a non-finite one raises
     NonFiniteLossError before the weights are touched. check=False (``fit``): nothing is read back, both
@@ -155,35 +163,19 @@ def train_step(model, objective, x0, rng, optimizer, *, lr: float | None = None,
     """
     xp = backend.xp
     model.zero_grad()
-    loss = objective.loss_and_backward(model, x0, rng)
+    loss = objective.loss_and_backward(model, x0, rng) if y is None else objective.loss_and_backward(model, x0, rng, y=y)
     g = optimizer.grads
-    norm = xp.sqrt(xp.dot(g, g).astype(xp.float64))  # ‖g‖₂ of the flat gradient buffer, logged and used by clipping
+    norm = grad_norm(g)  # ‖g‖₂ of the flat gradient buffer, logged and used by clipping
     if check:
         loss, norm = float(loss), float(norm)
         if not (math.isfinite(loss) and math.isfinite(norm)):
             raise NonFiniteLossError(_non_finite(step, loss, norm) + "; the weights were not updated")
     if clip is not None:
-        clip_grad(g, clip, norm)
+        clip_grad_norm(g, clip, norm)
     optimizer.step(lr)
     if ema is not None:
         ema.update()
     return loss, norm
-
-
-def clip_grad(grads, max_norm: float, norm) -> None:
-    """``optim.clip_grad_norm``'s rule, g ← g·max_norm/(‖g‖ + 1e−6) when ‖g‖ > max_norm, decided where ‖g‖ is.
-
-    A host number (a float; NumPy's float64 is one) goes to ``clip_grad_norm`` itself. A device scalar (a
-    0-d float64 array) is compared on the device, so that nothing is read back: the gradient is scaled by
-    the factor or by 1, the factor rounded to g's dtype first, as a Python float is, so the numbers equal
-    ``clip_grad_norm``'s to the bit (tested).
-    """
-    if isinstance(norm, float):
-        clip_grad_norm(grads, max_norm, norm)
-        return
-    xp = backend.xp
-    factor = xp.where(norm > max_norm, max_norm / (norm + 1e-6), 1.0)
-    grads *= factor.astype(grads.dtype)
 
 
 def _non_finite(step: int, loss: float, norm: float) -> str:
@@ -195,8 +187,11 @@ def fit(model, data, objective, *, steps: int, batch_size: int = 256, optimizer=
         clip: float | None = None, ema=None, checkpoint_path: str | os.PathLike | None = None,
         checkpoint_every: int | None = 1000, resume: bool = False, progress: bool | None = None,
         schedule=None, meta: dict | None = None, handle_signals: bool | None = None,
-        check_every: int = CHECK_EVERY) -> History:
+        check_every: int = CHECK_EVERY, labels=None) -> History:
     """Train ``model`` on ``data`` (M, D) for ``steps`` steps in total; returns the History.
+
+    labels: (M,) class labels 0..K−1 of a class-conditional model (``Denoiser(num_classes=K)``), batched
+    with their points and handed to the objective (which drops some for guidance, ``npdiff.guidance``).
 
     optimizer: ``optim.Adam``/``AdamW`` on the model (default AdamW, lr 1e-3, no weight decay). rng:
     the generator for batches and the objective's draws. lr_schedule: step -> lr (None keeps the
@@ -223,8 +218,10 @@ def fit(model, data, objective, *, steps: int, batch_size: int = 256, optimizer=
         checkpoint_path = check_checkpoint_path(checkpoint_path)
     optimizer = AdamW(model, lr=1e-3, weight_decay=0.0) if optimizer is None else optimizer
     data = backend.asarray(data, dtype=getattr(model, "dtype", None))
+    if labels is not None:
+        labels = _check_fit_labels(model, objective, labels, data.shape[0])
     schedule = getattr(objective, "schedule", None) if schedule is None else schedule
-    batches = Batches(data, batch_size, rng)
+    batches = Batches(data, batch_size, rng, labels)
     history, first = History(), 0
     if resume and checkpoint_path is not None and os.path.exists(checkpoint_path):
         ckpt = checkpoint.load(checkpoint_path)
@@ -282,7 +279,8 @@ def fit(model, data, objective, *, steps: int, batch_size: int = 256, optimizer=
         try:
             for step in range(first, steps):
                 lr = optimizer.lr if lr_schedule is None else float(lr_schedule(step))
-                loss, norm = train_step(model, objective, batches.next(), rng, optimizer, lr=lr, clip=clip,
+                x0, y = batches.next()
+                loss, norm = train_step(model, objective, x0, rng, optimizer, y=y, lr=lr, clip=clip,
                                         ema=ema, step=step, check=False)
                 pending.append((step, loss, norm, lr))
                 save_now = checkpoint_path is not None and checkpoint_every and (step + 1) % checkpoint_every == 0
@@ -304,6 +302,17 @@ def fit(model, data, objective, *, steps: int, batch_size: int = 256, optimizer=
         if checkpoint_path is not None and first < steps:
             save(steps)
     return history
+
+
+def _check_fit_labels(model, objective, labels, m: int):
+    """The labels as a backend array, or a one-line ValueError: they need a conditional model and an
+    objective that takes them, and one class 0..K−1 per training point."""
+    label_emb = getattr(model, "label_emb", None)
+    if label_emb is None:
+        raise ValueError("labels need a class-conditional model (Denoiser(num_classes=K)); this one has none")
+    if not getattr(objective, "takes_labels", False):
+        raise ValueError(f"{type(objective).__name__} does not take class labels (the epsilon objective does)")
+    return check_labels(labels, m, label_emb.n_classes)
 
 
 def _interrupt(signum: int, step: int, steps: int, path, save) -> None:

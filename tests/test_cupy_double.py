@@ -9,9 +9,8 @@ the results can be compared with NumPy's (given weights, noise and timesteps: th
 The end-to-end tests take the ``device`` fixture: the double here, and also the real CuPy on a machine
 with a GPU (``gpu`` mark), where the comparisons with NumPy are the float64 agreement of the two devices.
 
-The model's own files (layers, models, optim, embeddings, primitives, flat, gradcheck) are being rewritten
-elsewhere; their host transfers are listed in ``MODEL_SYNCS`` and the tests that they break are strict
-xfails that flip when those lines are fixed.
+Every transfer counts, the model's own included: a training step makes none (``fit`` reads the losses
+back once per check), the denoiser's forward and backward none, a sampler one (its finiteness check).
 """
 
 from __future__ import annotations
@@ -26,6 +25,7 @@ import pytest
 
 from npdiff import Diffusion, backend, checkpoint, cli, data, ddpm, likelihood, metrics, sampling, train
 from npdiff.conditioning import Conditioned, exact_moments
+from npdiff.embeddings import TimestepEmbedding
 from npdiff.hybrid import HybridObjective
 from npdiff.models import Denoiser
 from npdiff.optim import EMA, AdamW, clip_grad_norm, grad_norm
@@ -34,12 +34,6 @@ from npdiff.schedules import Schedule
 from npdiff.sohl_dickstein import BoundObjective, SohlDicksteinChain
 
 ROOT = Path(__file__).resolve().parents[1]
-MODEL_FILES = tuple(f"npdiff/{name}.py" for name in ("layers", "models", "optim", "embeddings", "primitives", "flat",
-                                                      "gradcheck"))
-MODEL_SYNCS = ("the denoiser reads back at every forward: embeddings.py TimestepEmbedding.forward "
-               "int(t.min()), int(t.max()) (line 86) and primitives.py unique_inverse "
-               "xp.flatnonzero(xp.bincount(t)) (line 70: two data-dependent shapes, a CuPy sync each)")
-OPTIM_READS = "optim.py grad_norm float(dot) (line 78) and clip_grad_norm `if norm > max_norm` (line 88)"
 SMALL = dict(hidden=16, n_blocks=1, emb_dim=8, layernorm=True, final_layernorm=True)
 
 
@@ -58,11 +52,6 @@ def device(request):
 
 def is_double(xp) -> bool:
     return hasattr(xp, "TRANSFERS")
-
-
-def outside_model(transfers) -> int:
-    """Transfers made by lines outside the model's files (those are counted by the xfail tests)."""
-    return sum(n for site, n in transfers.sites("npdiff/").items() if not site.startswith(MODEL_FILES))
 
 
 def same_weights(model):
@@ -163,7 +152,7 @@ def test_a_training_step_gives_numpys_loss_and_gradient_on_device(device, name):
     loss_gpu = make(schedule).loss_and_backward(gpu, x0, t=t, noise=noise)
     assert isinstance(loss_gpu, device.ndarray) and loss_gpu.shape == ()  # the loss stays on the device
     if is_double(device):
-        assert outside_model(device.TRANSFERS) == 0
+        assert device.TRANSFERS.count == 0, device.TRANSFERS.sites()
     assert float(loss_gpu) == pytest.approx(float(loss_cpu), rel=1e-12)
     np.testing.assert_allclose(backend.to_numpy(gpu.flat_grads), cpu.flat_grads, rtol=1e-10, atol=1e-14)
 
@@ -179,7 +168,7 @@ def test_fit_trains_each_objective_on_device_reading_losses_back_once_per_check(
         device.TRANSFERS.reset()
     history = diffusion.fit(x, steps=60, batch_size=64, lr=1e-2, ema=0.9, check_every=20, progress=False)
     if is_double(device):
-        assert outside_model(device.TRANSFERS) == 3  # 60 steps, one read every 20: nothing per step
+        assert device.TRANSFERS.count == 3, device.TRANSFERS.sites()  # 60 steps, one read every 20
     assert len(history.loss) == len(history.grad_norm) == 60 and np.isfinite(history.loss).all()
     assert isinstance(diffusion.model.flat_params, device.ndarray)
     assert not np.array_equal(backend.to_numpy(diffusion.model.flat_params), before)
@@ -187,15 +176,16 @@ def test_fit_trains_each_objective_on_device_reading_losses_back_once_per_check(
         assert np.mean(history.loss[-20:]) < np.mean(history.loss[:20])  # it learns
 
 
-@pytest.mark.xfail(strict=True, reason=MODEL_SYNCS)
-def test_fit_makes_at_most_one_host_transfer_every_check_every_steps(strict_cupy):
+@pytest.mark.parametrize("check_every", [1, 7, 30])
+def test_fit_reads_back_at_its_checks_only_and_nothing_in_between(strict_cupy, check_every):
     diffusion = Diffusion(2, "epsilon", T=20, **SMALL)
     strict_cupy.TRANSFERS.reset()
-    diffusion.fit(heart(), steps=60, batch_size=64, check_every=20, progress=False)
-    assert strict_cupy.TRANSFERS.count <= 3, strict_cupy.TRANSFERS.sites("npdiff/")
+    diffusion.fit(heart(), steps=30, batch_size=64, clip=1.0, ema=0.9, check_every=check_every, progress=False)
+    sites = strict_cupy.TRANSFERS.sites()
+    assert strict_cupy.TRANSFERS.count == -(-30 // check_every), sites  # one read per check: 0 per step between
+    assert len(sites) == 1 and next(iter(sites)).startswith("npdiff/train.py:"), sites  # all at the check
 
 
-@pytest.mark.xfail(strict=True, reason=MODEL_SYNCS)
 def test_the_denoiser_forward_and_backward_make_no_host_transfer(strict_cupy):
     model = Denoiser(2, **SMALL)
     t = backend.default_rng(0).integers(1, 20, size=8)
@@ -205,12 +195,59 @@ def test_the_denoiser_forward_and_backward_make_no_host_transfer(strict_cupy):
     assert strict_cupy.TRANSFERS.count == 0, strict_cupy.TRANSFERS.sites()
 
 
-@pytest.mark.xfail(strict=True, reason=OPTIM_READS)
-def test_gradient_clipping_in_optim_decides_on_the_device(strict_cupy):
-    g = backend.asarray(np.full(4, 3.0))
-    clip_grad_norm(g, 1.0, None)
-    grad_norm(g)
+def test_a_large_batch_of_few_timesteps_goes_per_row_on_the_device_with_numpys_numbers(strict_cupy):
+    n = 2 * Denoiser(2, **SMALL).inp.layers[0].GROUP_MIN_ROWS  # on NumPy: the per-timestep route
+    rng = np.random.default_rng(0)
+    x_t, t, dy = rng.standard_normal((n, 2)), rng.integers(1, 4, size=n), rng.standard_normal((n, 2))
+    backend.set_backend("numpy")
+    cpu = Denoiser(2, dtype="float64", **SMALL)
+    assert cpu.inp.layers[0].timestep_groups(t) is not None
+    y_cpu = cpu.forward(x_t, t)
+    cpu.backward(dy, input_grad=False)
+    backend.set_backend("cupy")
+    gpu = same_weights(cpu)
+    x_t, t, dy = backend.asarray(x_t), backend.asarray(t), backend.asarray(dy)
+    strict_cupy.TRANSFERS.reset()
+    assert gpu.inp.layers[0].timestep_groups(t) is None  # counting the distinct t would read them back
+    y_gpu = gpu.forward(x_t, t)
+    gpu.backward(dy, input_grad=False)
     assert strict_cupy.TRANSFERS.count == 0, strict_cupy.TRANSFERS.sites()
+    np.testing.assert_allclose(backend.to_numpy(y_gpu), y_cpu, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(backend.to_numpy(gpu.flat_grads), cpu.flat_grads, rtol=1e-10, atol=1e-13)
+    assert gpu.inp.layers[0].timestep_groups(t, per_timestep=True) is not None  # forced: allowed, and it syncs
+    assert strict_cupy.TRANSFERS.count > 0
+
+
+def test_the_timestep_embedding_on_the_device_is_numpys_table_to_the_bit(strict_cupy):
+    t = np.array([0, 7, 3, 7, 199, 1])
+    backend.set_backend("numpy")
+    table = TimestepEmbedding(16, 0.5).forward(t)
+    backend.set_backend("cupy")
+    device = TimestepEmbedding(16, 0.5)
+    wide = backend.asarray(np.full((6, 20), 7.0, dtype=np.float32))
+    device.forward(backend.asarray(t), out=wide[:, 2:18])
+    assert strict_cupy.TRANSFERS.count == 0, strict_cupy.TRANSFERS.sites()
+    np.testing.assert_array_equal(backend.to_numpy(wide[:, 2:18]), table)
+    assert (backend.to_numpy(wide[:, :2]) == 7).all() and (backend.to_numpy(wide[:, 18:]) == 7).all()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_gradient_clipping_in_optim_decides_on_the_device_with_the_host_rules_numbers(strict_cupy, dtype):
+    g = np.random.default_rng(0).standard_normal(1000).astype(dtype) * 10
+    host = g.copy()
+    backend.set_backend("numpy")
+    host_norm = clip_grad_norm(host, 1.0)
+    backend.set_backend("cupy")
+    device = backend.asarray(g)
+    strict_cupy.TRANSFERS.reset()
+    norm = clip_grad_norm(device, 1.0)  # ‖g‖ by grad_norm, compared and applied on the device
+    assert isinstance(norm, strict_cupy.ndarray) and isinstance(grad_norm(device), strict_cupy.ndarray)
+    small = backend.asarray(g / 1e4)
+    clip_grad_norm(small, 1.0, 0.5)  # a host norm, decided on the host: no transfer either
+    assert strict_cupy.TRANSFERS.count == 0, strict_cupy.TRANSFERS.sites()
+    np.testing.assert_array_equal(backend.to_numpy(device), host)
+    assert float(norm) == host_norm
+    np.testing.assert_array_equal(backend.to_numpy(small), g / 1e4)  # below max_norm: untouched
 
 
 def test_a_nan_on_device_stops_fit_at_its_step_with_the_last_checks_weights(device):
@@ -252,7 +289,7 @@ def test_every_sampler_and_chain_runs_on_device_checking_finiteness_once(device)
         x = sampling.sample(chain, 16, rng)
         assert isinstance(x, device.ndarray) and x.shape == (16, 2)
         if is_double(device):
-            assert outside_model(device.TRANSFERS) == 1, type(chain).__name__  # the one finiteness read
+            assert device.TRANSFERS.count == 1, (type(chain).__name__, device.TRANSFERS.sites())  # finiteness
         assert np.isfinite(backend.to_numpy(x)).all()
     for eta in (0.0, 1.0):
         x = sampling.sample(chains[0], 16, rng, sampler="ddim", ddim_steps=5, eta=eta)
@@ -269,6 +306,9 @@ def test_timesteps_from_the_host_are_checked_then_moved_to_the_device(device):
     assert isinstance(mean, device.ndarray) and mean.shape == log_var.shape == (3, 2)
     with pytest.raises(ValueError, match="timesteps must lie in 0..10"):  # CuPy itself would wrap 11 to 0
         chain.kernel(x_t, np.full(3, 11))
+    for t in (np.array([5, -1, 3]), np.array([-2, 4, 4], dtype=np.int32)):  # and a negative t from the end
+        with pytest.raises(ValueError, match=f"timesteps must lie in 0..10; got min {t.min()}, max {t.max()}$"):
+            chain.kernel(x_t, t)
     assert exact_moments(chain)[1].shape == (2, 2)
 
 

@@ -1,5 +1,6 @@
 """demos/mnist.py end to end in --quick mode, on tiny IDX files the test writes (no real data needed)."""
 
+import json
 import os
 import re
 from pathlib import Path
@@ -23,25 +24,30 @@ def write_tiny_dataset(root: Path, n_train: int = 48, n_test: int = 12) -> None:
         idx.write_idx(root / (lab_name + ext), (np.arange(n) % 10).astype(np.uint8))
 
 
-def test_quick_run_writes_samples_figure_and_quality_figure(tmp_path, run_demo):
+def test_quick_run_writes_figures_samples_and_the_quality_table(tmp_path, run_demo):
     data = tmp_path / "data"
     data.mkdir()
-    write_tiny_dataset(data)
+    write_tiny_dataset(data, n_train=200, n_test=80)  # the judge needs held-out images beyond its features
     out = tmp_path / "out"
     # --download with every file present fetches nothing (no network here), and leaves no .part file
     proc = run_demo("mnist.py", "--quick", "--download", "--data", str(data), "--out", str(out), "--seed", "3")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    samples = np.load(out / "samples.npy")
-    assert samples.shape == (16, 784) and samples.dtype == np.float32
+    samples, labels = np.load(out / "samples.npy"), np.load(out / "labels.npy")
+    assert samples.shape == (20, 784) and samples.dtype == np.float32
     assert np.isfinite(samples).all() and samples.min() >= -1.0 and samples.max() <= 1.0  # x̂_0 clipped to [-1, 1]
-    for name in ("samples.png", "loss.png"):
+    assert list(labels) == [k % 10 for k in range(20)]  # balanced classes
+    for name in ("classes.png", "guidance.png", "loss.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert (out / "checkpoint.npz").stat().st_size > 0
-    assert "48 training and 12 test images of 28×28" in proc.stdout
-    figures = dict(re.findall(r"^  (test images|DDPM samples|Gaussian baseline)\s+\(\s*\d+\):\s+([\d.]+)",
-                              proc.stdout, re.M))
-    assert len(figures) == 3 and all(float(v) > 0 for v in figures.values())
-    assert re.search(r"samples / test = [\d.]+: ", proc.stdout)
+    assert (out / "forming.gif").read_bytes()[:6] == b"GIF89a"
+    assert (out / "checkpoint.npz").stat().st_size > 0 and (out / "classifier.npz").stat().st_size > 0
+    assert "200 training images of 28×28 in 10 classes" in proc.stdout
+    names = re.findall(r"^(held-out real \(floor\)|Gaussian fit to train pixels|one Gaussian per class|"
+                       r"noise N\(0, I\) \(ceiling\)|npdiff, no label|npdiff, label, w = [\d.]+)\s+20\s+[\d.]+",
+                       proc.stdout, re.M)
+    assert len(names) == 7, proc.stdout  # four baselines, the unconditional row and the sweep's w = 0 and 2
+    assert len(re.findall(r"^target .*: (met|MISSED)", proc.stdout, re.M)) == 3
+    quality = json.loads((out / "quality.json").read_text())
+    assert len(quality["rows"]) == 7 and len(quality["per_class_accuracy"]) == 10
     assert str(out.resolve()) in proc.stdout.splitlines()[-1]
     assert sorted(os.listdir(data)) == sorted([*(n + ".gz" for n in idx.FILES["train"]), *idx.FILES["test"]])
 

@@ -240,7 +240,7 @@ def test_cosine_linear_warmup_then_decay():
 
 def test_ema_update_follows_the_recurrence_over_three_steps():
     lin = toy(W=1.0, b=-2.0)
-    ema = EMA(lin, decay=0.9)
+    ema = EMA(lin, decay=0.9, warmup=False)
     shadow = np.array([1.0, -2.0])
     for theta in ([2.0, 0.0], [4.0, 1.0], [-1.0, 3.0]):
         lin.flat_params[...] = theta
@@ -252,6 +252,35 @@ def test_ema_update_follows_the_recurrence_over_three_steps():
     np.testing.assert_array_equal(lin.flat_params, [-1.0, 3.0])  # live weights untouched
 
 
+def test_ema_warmup_uses_the_smaller_decay_for_early_updates():
+    """d_n = min(decay, (1 + n)/(10 + n)): 0.1, 2/11, 3/12, … until it reaches decay (here at n = 8)."""
+    lin = toy(W=1.0, b=-2.0)
+    ema = EMA(lin, decay=0.5)
+    shadow = np.array([1.0, -2.0])
+    for n in range(12):
+        theta = np.array([float(n), -float(n) ** 2])
+        lin.flat_params[...] = theta
+        d = min(0.5, (1 + n) / (10 + n))
+        assert ema.current_decay() == d
+        ema.update()
+        shadow = d * shadow + (1 - d) * theta
+        np.testing.assert_allclose(ema.shadow, shadow, rtol=1e-14)
+    assert ema.updates == 12 and ema.current_decay() == 0.5
+
+
+def test_ema_updates_survive_a_checkpoint(tmp_path):
+    from npdiff import checkpoint
+
+    lin = toy(W=1.0, b=-2.0)
+    ema = EMA(lin, decay=0.99)
+    for _ in range(5):
+        ema.update()
+    checkpoint.save(tmp_path / "c.npz", lin, ema=ema)
+    fresh = EMA(lin, decay=0.99)
+    checkpoint.load(tmp_path / "c.npz").restore(lin, ema=fresh)
+    assert fresh.updates == 5 and fresh.current_decay() == ema.current_decay()
+
+
 def test_ema_shadow_is_a_copy_of_the_weights():
     lin = toy(W=1.0, b=-2.0)
     ema = EMA(lin)
@@ -261,7 +290,7 @@ def test_ema_shadow_is_a_copy_of_the_weights():
 
 def test_ema_swap_exchanges_weights_and_swapping_twice_restores():
     lin = toy(W=1.0, b=-2.0)
-    ema = EMA(lin, decay=0.5)
+    ema = EMA(lin, decay=0.5, warmup=False)
     lin.flat_params[...] = [3.0, 4.0]
     ema.update()  # shadow = [2, 1]
     ema.swap()
