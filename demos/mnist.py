@@ -37,7 +37,7 @@ from npdiff import Diffusion, fileio, idx, image_viz, threads, viz
 from npdiff.image_metrics import ImageJudge, format_table
 
 # chosen by the study in docs/images.md (FCD per CPU minute on Fashion-MNIST)
-DEFAULTS = dict(steps=5000, batch_size=128, lr=2e-3, T=1000, schedule="linear", prediction="v", hidden=1024,
+DEFAULTS = dict(steps=5000, batch_size=128, lr=2e-3, T=1000, schedule="linear", prediction="x0", hidden=1024,
                 n_blocks=3, emb_dim=128, ema=0.999, guidance=2.0, sweep=(0.0, 1.0, 2.0, 4.0), ddim_steps=50,
                 n_train=None, n_samples=1000, seed=0)
 QUICK = dict(steps=40, batch_size=32, T=50, hidden=64, n_blocks=1, emb_dim=16, ema=0.9, sweep=(0.0, 2.0),

@@ -1,14 +1,22 @@
 """The command line: ``npdiff train | sample | eval`` (also ``python -m npdiff``). Full guide: docs/command-line.md.
 
     npdiff train DATA --out model.npz [--objective epsilon|hybrid|sohl_dickstein] [--T 1000] [--steps 20000] …
-    npdiff sample model.npz --n 2000 --out samples.npy|samples.csv [--sampler ancestral|ddim] [--seed 0]
+                 [--labels y.npy | --label-column NAME] [--num-classes K] [--label-dropout 0.1] [--no-labels]
+    npdiff sample model.npz --n 2000 --out samples.npy|samples.csv|grid.png [--sampler ancestral|ddim] [--seed 0]
+                  [--label K|balanced|none | --labels y.npy] [--guidance W]
     npdiff eval model.npz HELD_OUT [--exact | --n-t 4]
+    npdiff eval model.npz IMAGE_FOLDER [--n 500] [--label K|balanced|none] [--guidance W] [--judge-dir DIR]
 
 DATA and HELD_OUT are a ``.npy`` or ``.csv`` file of points (N, D), or a toy set's name (``heart``,
 ``8gaussians``, ``moons``, ``swissroll``, ``checkerboard``, ``circles``; ``--n`` points are drawn). Training
 standardises the data per dimension and stores the mean and std in the checkpoint; ``sample`` returns
 points in the data's own coordinates and ``eval`` reports the bound in both (nats and bits, per point
 and per dimension). The ε objective's bound uses σ_t² = β̃_t unless ``--variance fixed_large``.
+
+Labels (a .npy, a column of the data, or an image folder's label file) train a class-conditional model;
+``sample --label/--labels --guidance`` draws classes with classifier-free guidance (``cli_labels``). DATA
+may be an MNIST-format folder: images train as pixel vectors in [−1, 1], ``sample --out x.png`` writes a
+grid, and ``eval`` of a folder prints the image-quality figure (``cli_images``).
 
 Errors are one line on stderr, never a traceback. Exit status: 0 success; 2 a usage or input error
 (a flag, a data file, a checkpoint, an output path, a resume mismatch, a request too large for the

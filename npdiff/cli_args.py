@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import re
 
 from npdiff.conditioning import METHODS as CONDITIONS
+from npdiff.ddpm import PREDICTIONS
 from npdiff.schedules import SCHEDULES
 
 OBJECTIVES = ("epsilon", "hybrid", "sohl_dickstein")
@@ -75,12 +77,27 @@ def size(text: str) -> int:
     return int(float(match.group(1)) * SIZE_UNITS[match.group(2)])
 
 
+def label_choice(text: str):
+    """An argparse type: a class number (an integer >= 0), "balanced" or "none"."""
+    if text in ("balanced", "none"):
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a class number (a whole number >= 0), 'balanced' or 'none', "
+                                         f"got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"classes are numbered 0, 1, …; got {value}")
+    return value
+
+
 def _model_flags(p) -> None:
     p.add_argument("--hidden", "--width", type=integer(1), default=128, help="hidden width H (default 128)")
     p.add_argument("--n-blocks", "--blocks", type=integer(0), default=3, help="residual blocks (default 3)")
     p.add_argument("--emb-dim", "--emb", type=integer(2), default=64, help="sinusoidal embedding size (default 64)")
     p.add_argument("--coord-scale", type=number(0, low_open=True), default=25.0,
-                   help="sinusoidal scale of the coordinates (default 25)")
+                   help="sinusoidal scale of the coordinates (default 25; unused for images, whose pixels go in "
+                        "as they are)")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -89,11 +106,16 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     t = sub.add_parser("train", help="train a model on points from a file or a toy set")
-    t.add_argument("data", help=".npy/.csv file of points (N, D), or a toy set name")
+    t.add_argument("data", help=".npy/.csv file of points (N, D), a toy set name, or an MNIST-format folder of "
+                                "images (its train split; trained on pixels in [-1, 1] without the coordinate "
+                                "embedding or standardisation, conditioned on its labels unless --no-labels)")
     t.add_argument("--out", required=True, help="checkpoint path (.npz)")
     t.add_argument("--objective", choices=OBJECTIVES, default="epsilon",
                    help="epsilon: L_simple; hybrid: L_hybrid with a learned-range variance; "
                         "sohl_dickstein: the bound K (default epsilon)")
+    t.add_argument("--prediction", choices=PREDICTIONS, default="eps",
+                   help="what the network predicts with --objective epsilon: eps (DDPM), x0 or v (default eps; "
+                        "x0 learns images fastest, docs/images.md)")
     t.add_argument("--schedule", choices=[s for s in SCHEDULES if s != "custom"], default="linear")
     t.add_argument("--T", type=integer(1, 100_000), default=1000, help="diffusion steps (default 1000)")
     t.add_argument("--steps", type=integer(1), default=20000, help="total training steps (default 20000)")
@@ -104,16 +126,24 @@ def parser() -> argparse.ArgumentParser:
                    help="EMA decay of the saved weights, in [0, 1) (0: none)")
     t.add_argument("--checkpoint-every", type=integer(0), default=1000,
                    help="steps between checkpoints (0: only at the end; default 1000)")
+    t.add_argument("--labels", metavar="FILE", default=None,
+                   help="a .npy of N class numbers 0..K-1, one per point: train a class-conditional model")
+    t.add_argument("--label-column", metavar="NAME|INDEX", default=None,
+                   help="the data column (a CSV header name, or an index) holding each point's class; it is "
+                        "removed from the coordinates")
+    t.add_argument("--num-classes", type=integer(1, 65_536), default=None, metavar="K",
+                   help="K, the number of classes (default: the largest label + 1)")
+    t.add_argument("--label-dropout", type=number(0, 1, high_open=True), default=None, metavar="P",
+                   help="probability p in [0, 1) of training a point without its label, so that one network "
+                        "also learns the unconditional model for guidance (default 0.1)")
+    t.add_argument("--no-labels", action="store_true", help="train an image folder without its labels")
     t.add_argument("--resume", action="store_true", help="continue the checkpoint at --out (if it exists)")
     t.add_argument("--force", action="store_true", help="replace an existing checkpoint at --out")
 
     s = sub.add_parser("sample", help="draw samples from a checkpoint")
     s.add_argument("checkpoint")
-    s.add_argument("--out", required=True, help="where to write the samples: a .npy or .csv file")
-    s.add_argument("--sampler", choices=SAMPLERS, default="ancestral", help="ε models only (default ancestral)")
-    s.add_argument("--ddim-steps", type=integer(1), default=None, help="DDIM's number of steps (default T)")
-    s.add_argument("--clip-x0", type=number(0, low_open=True), default=None,
-                   help="clip x0-hat to [-R, R] (standardised units, R > 0) while sampling an ε model")
+    s.add_argument("--out", required=True, help="where to write the samples: a .npy or .csv file, or a .png grid "
+                                                "for a model of images (.npy/.csv hold the vectors on [-1, 1])")
     s.add_argument("--max-output", type=size, default=None,
                    help="refuse to write more than this (e.g. 2G); the free disk space is always a limit")
     s.add_argument("--given", metavar="FILE", default=None,
@@ -127,16 +157,41 @@ def parser() -> argparse.ArgumentParser:
                    help="the factor r_t along the chain with --given/--observed: paper (r_t = r, Sohl-Dickstein "
                         "Eq. 23; the default) or replace (a forward-diffused copy of the condition)")
 
-    e = sub.add_parser("eval", help="the variational bound on held-out points, nats and bits")
+    s.add_argument("--labels", metavar="FILE", default=None,
+                   help="a .npy of class numbers, one per sample (--n defaults to its length)")
+
+    e = sub.add_parser("eval", help="the variational bound on held-out points, nats and bits; for an image "
+                                    "folder, the image-quality figure of samples")
     e.add_argument("checkpoint")
-    e.add_argument("data", help=".npy/.csv file of held-out points, or a toy set name")
+    e.add_argument("data", help=".npy/.csv file of held-out points, a toy set name, or an MNIST-format folder "
+                                "(both splits): then --n samples are scored by FCD, accuracy on their classes and "
+                                "entropy, beside baselines")
     e.add_argument("--exact", action="store_true", help="every t for every point (N·T network calls)")
     e.add_argument("--n-t", type=integer(1), default=4, help="Monte-Carlo draws of t per point (default 4)")
+    e.add_argument("--judge-dir", default=os.path.join("out", "image_quality"),
+                   help="images: where the judge's classifier is cached (trained there on first use; default "
+                        "out/image_quality)")
 
-    for sp, n_default in ((t, 8000), (s, 2000), (e, 10000)):
-        sp.add_argument("--n", type=integer(1), default=n_default,
-                        help=f"points to draw (toy sets) or to sample (default {n_default})")
+    for sp, n_help in ((t, "points to draw from a toy set (default 8000)"),
+                       (s, "samples to draw (default 2000, or one per line of --labels)"),
+                       (e, "points to draw from a toy set (default 10000); images: samples to score (default 500)")):
+        sp.add_argument("--n", type=integer(1), default=8000 if sp is t else None, help=n_help)
         sp.add_argument("--seed", type=integer(0), default=0)
+    for sp, images in ((s, ""), (e, "images: ")):
+        sp.add_argument("--sampler", choices=SAMPLERS, default="ancestral",
+                        help=f"{images}ε models only (default ancestral)")
+        sp.add_argument("--ddim-steps", type=integer(1), default=None, help=f"{images}DDIM's number of steps "
+                                                                                  "(default T)")
+        sp.add_argument("--clip-x0", type=number(0, low_open=True), default=None,
+                        help=f"{images}clip x0-hat to [-R, R] (standardised units, R > 0) while sampling an ε model "
+                             "(a model of images: default 1, the pixel range)")
+        sp.add_argument("--label", type=label_choice, default=None, metavar="K|balanced|none",
+                        help=f"{images}the class of every sample, 'balanced' (sample i has class i mod K) or 'none' "
+                             "(the unconditional model); default: " + ("balanced for a class-conditional model"
+                                                                      if images else "none"))
+        sp.add_argument("--guidance", type=number(0), default=None, metavar="W",
+                        help=f"{images}classifier-free guidance w >= 0: eps = (1 + w) eps(x, y) - w eps(x, none) "
+                             "(w = 0: the conditional model; diffusers' guidance_scale s = 1 + w)")
     for sp in (s, e):
         sp.add_argument("--variance", choices=VARIANCES, default=None,
                         help="σ_t² of an ε model's reverse steps: β̃_t (fixed_small, the default for epsilon), "

@@ -9,6 +9,10 @@ samples go to disk chunk by chunk through one atomic write. Problems found up fr
 All calls into the library's chains, sampler and bounds sit in ``_max_gain``, ``_chain``, ``_draw_chunk`` and
 ``_bound_chunk``. ``--given``/``--observed`` (``load_condition``) sample the chain conditioned by
 ``npdiff.conditioning.Conditioned`` (Sohl-Dickstein et al. 2015, §2.5; docs/conditioning.md).
+``--label``/``--labels``/``--guidance`` (``cli_labels``) give a class-conditional model's samples their classes
+and the guidance scale. A model of images (``cli_images``) samples with x̂_0 clipped to the pixel range
+[−1, 1] unless ``--clip-x0`` says otherwise, writes a PNG grid for ``--out x.png``, and ``eval`` of an
+image folder prints the image-quality figure (``eval_images``) instead of the bound.
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ import time
 
 import numpy as np
 
-from npdiff import backend, checkpoint, conditioning, data, fileio, likelihood, sampling, streaming
+from npdiff import (backend, checkpoint, cli_images, cli_labels, conditioning, data, fileio, likelihood, sampling,
+                    streaming)
 from npdiff.cli_args import OBJECTIVES, UsageError
 from npdiff.cli_train import load_data
 from npdiff.diffusion import DEFAULT_VARIANCE
@@ -30,6 +35,7 @@ from npdiff.sohl_dickstein import SohlDicksteinChain
 LN2 = math.log(2.0)
 MAX_GAIN = 10.0  # the largest error gain of a sampling step that runs without --clip-x0
 DRAW_BLOCK = 65_536  # toy-set points drawn at once in eval (1 MB at D = 2); a compute chunk can be far smaller
+EVAL_POINTS, EVAL_IMAGES = 10_000, 500  # eval's default --n: toy-set points drawn, image samples scored
 
 
 # ---- loading a trained model -------------------------------------------------------------------------
@@ -97,18 +103,23 @@ def _max_gain(schedule, args) -> tuple[int, float]:
     return max(gains.items(), key=lambda kv: kv[1])
 
 
-def _chain(model, schedule, meta, variance, clip_x0=None):
-    """The reverse process of a trained model (``--clip-x0`` R clips x̂_0 to [−R, R] in an ε-model's chain)."""
+def _chain(model, schedule, meta, variance, clip_x0=None, labels=None, guidance: float = 0.0):
+    """The reverse process of a trained model (``--clip-x0`` R clips x̂_0 to [−R, R] in an ε-model's chain);
+    labels (n,): the classes of a class-conditional model's n samples, guided with scale w = ``guidance``."""
     if meta["objective"] == "sohl_dickstein":
         return SohlDicksteinChain(model, schedule)
     clip = None if clip_x0 is None else (-clip_x0, clip_x0)
-    return EpsilonChain(model, schedule, variance, clip_x0=clip, max_gain=None)  # the gain is checked up front
+    return EpsilonChain(model, schedule, variance, clip_x0=clip, max_gain=None,  # the gain is checked up front
+                        prediction=meta.get("prediction", "eps"), labels=labels, guidance=guidance)
 
 
-def _draw_chunk(model, schedule, meta, args, variance, condition, n: int, rng):
+def _draw_chunk(model, schedule, meta, args, variance, condition, labels, n: int, rng):
     """n samples (n, D) in standardised coordinates, on the backend; condition: ``Conditioned``'s keyword
-    arguments for these n samples (``load_condition``), or None to sample the model itself."""
-    chain = _chain(model, schedule, meta, variance, args.clip_x0)
+    arguments for these n samples (``load_condition``), or None to sample the model itself; labels: the n
+    samples' classes (n,) or None (``--guidance`` w applies with them)."""
+    guidance = 0.0 if labels is None else (args.guidance or 0.0)
+    chain = _chain(model, schedule, meta, variance, args.clip_x0, None if labels is None else backend.asarray(labels),
+                   guidance)
     if condition is None:
         return sampling.sample(chain, n, rng, sampler=args.sampler, ddim_steps=args.ddim_steps)
     conditioned = conditioning.Conditioned(chain, method=args.condition or "paper", **condition)
@@ -149,21 +160,30 @@ def check_sample_flags(meta: dict, args, schedule) -> None:
                          "[-R, R] (standardised units, e.g. 3)")
 
 
-def check_sample_out(args, d: int) -> None:
+def check_sample_out(args, d: int, shape=None, columns: int = 1) -> None:
+    """--out: a .npy or .csv file (or a .png grid of a model of images, shape (H, W)) that can be written and
+    fits the disk and --max-output."""
     out = args.out
-    try:
-        streaming.point_format(out)
-    except ValueError as err:
-        raise UsageError(f"--out {err}") from None
+    png = os.path.splitext(out)[1].lower() == ".png"
+    if png and shape is None:
+        raise UsageError(f"--out {out!r}: a PNG grid needs a model of images (trained on an MNIST-format folder); "
+                         "name a .npy or .csv file")
+    if not png:
+        try:
+            streaming.point_format(out)
+        except ValueError as err:
+            grid = "; a model of images also writes a .png grid" if shape is not None else ""
+            raise UsageError(f"--out {err}{grid}") from None
     if os.path.isdir(out):
-        raise UsageError(f"--out {out!r} is a folder; name a .npy or .csv file")
+        raise UsageError(f"--out {out!r} is a folder; name a {'.png' if png else '.npy or .csv'} file")
     if not os.path.isdir(os.path.dirname(os.path.abspath(out))):
         raise UsageError(f"--out {out!r}: its folder does not exist (create it first)")
     try:
         fileio.check_writable_folder(out)
     except OSError as err:
         raise UsageError(f"--out {out!r}: cannot write in its folder: {err.strerror or err}") from None
-    need, free = streaming.estimate_bytes(out, args.n, d), streaming.free_bytes(out)
+    need = (cli_images.grid_bytes(args.n, shape, columns) if png else streaming.estimate_bytes(out, args.n, d))
+    free = streaming.free_bytes(out)
     limit = free if args.max_output is None else min(free, args.max_output)
     if need > limit:
         what = "free on its disk" if limit == free else "allowed by --max-output"
@@ -211,30 +231,63 @@ def _rows(a, start: int, size: int):
     return a[start:start + size] if np.ndim(a) == 2 and len(a) > 1 else a
 
 
+def draw(model, schedule, meta, args, variance, condition, given, labels, n: int, mean, std):
+    """Yield the n samples in data coordinates, (C, D) float64 chunks of at most ``--chunk`` network rows (a
+    guided chunk runs 2C rows); condition/given: ``load_condition``'s; labels (n,) or None."""
+    rng = backend.default_rng(args.seed)
+    rows_per_sample = 2 if labels is not None and args.guidance else 1
+    start = 0
+    for size in streaming.chunk_sizes(n, max(1, args.chunk // rows_per_sample)):
+        part = None if condition is None else {k: _rows(v, start, size) for k, v in condition.items()}
+        chunk_labels = None if labels is None else labels[start:start + size]
+        z = _draw_chunk(model, schedule, meta, args, variance, part, chunk_labels, size, rng)
+        x = data.unstandardize(backend.to_numpy(z).astype(np.float64), mean, std)
+        if given is not None:  # the chain lands on them up to float32 rounding; the user gets them exactly
+            g = _rows(given, start, size)
+            x = np.where(np.isnan(g), x, g)
+        if not np.isfinite(x).all():
+            raise FloatingPointError("sampling produced non-finite values; nothing was written")
+        yield x
+        start += size
+
+
+def _image_defaults(args, meta, shape) -> None:
+    """An ε-model of images clips x̂_0 to the pixel range [−1, 1] unless --clip-x0 says otherwise (as Ho et al.
+    2020 do)."""
+    if shape is not None and args.clip_x0 is None and meta["objective"] != "sohl_dickstein":
+        args.clip_x0 = 1.0
+
+
 def cmd_sample(args) -> None:
     model, schedule, meta, mean, std = load_trained(args.checkpoint)
     d = mean.size
+    shape = cli_images.image_shape(meta, args.checkpoint)
+    labels, args.n, what = cli_labels.sampling_labels(args, model.config.get("num_classes"), args.checkpoint)
     variance = variance_of(meta, args)
+    _image_defaults(args, meta, shape)
     check_sample_flags(meta, args, schedule)
     condition, given = load_condition(args, d, mean, std)
-    check_sample_out(args, d)
-    rng = backend.default_rng(args.seed)
-    bar = Progress(args.n, label="sampled", unit="points")
-    with streaming.write_points(args.out, args.n, d) as writer:
-        for size in streaming.chunk_sizes(args.n, args.chunk):
-            start = writer.rows
-            part = None if condition is None else {k: _rows(v, start, size) for k, v in condition.items()}
-            z = backend.to_numpy(_draw_chunk(model, schedule, meta, args, variance, part, size, rng)).astype(np.float64)
-            x = data.unstandardize(z, mean, std)
-            if given is not None:  # the chain lands on them up to float32 rounding; the user gets them exactly
-                g = _rows(given, start, size)
-                x = np.where(np.isnan(g), x, g)
-            if not np.isfinite(x).all():
-                raise FloatingPointError("sampling produced non-finite values; nothing was written")
-            writer.write(x)
-            bar.update(writer.rows)
+    k = model.config.get("num_classes")
+    columns = cli_images.grid_columns(args.n, k if args.label == "balanced" else None)
+    check_sample_out(args, d, shape, columns)
+    chunks = draw(model, schedule, meta, args, variance, condition, given, labels, args.n, mean, std)
+    bar = Progress(args.n, label="sampled", unit="points" if shape is None else "images")
+    if os.path.splitext(args.out)[1].lower() == ".png":
+        parts, done = [], 0
+        for x in chunks:
+            parts.append(x)
+            done += len(x)
+            bar.update(done)
+        cli_images.write_grid(args.out, np.concatenate(parts), shape, columns)
+    else:
+        with streaming.write_points(args.out, args.n, d) as writer:
+            for x in chunks:
+                writer.write(x)
+                bar.update(writer.rows)
     bar.close()
-    print(f"{args.n} samples of dimension {d}: {os.path.abspath(args.out)}")
+    kind = f"images of {shape[0]}×{shape[1]}" if shape is not None else f"samples of dimension {d}"
+    what = f" ({what})" if k is not None else ""
+    print(f"{args.n} {kind}{what}: {os.path.abspath(args.out)}")
 
 
 def held_out_blocks(args, x):
@@ -248,6 +301,16 @@ def held_out_blocks(args, x):
 
 
 def cmd_eval(args) -> None:
+    if cli_images.is_image_folder(args.data):
+        return eval_images(args)
+    image_flags = [flag for flag, on in (("--label", args.label is not None), ("--guidance", args.guidance is not None),
+                                         ("--sampler ddim", args.sampler == "ddim"),
+                                         ("--ddim-steps", args.ddim_steps is not None),
+                                         ("--clip-x0", args.clip_x0 is not None)) if on]
+    if image_flags:
+        raise UsageError(f"{', '.join(image_flags)}: options of eval on an image folder (samples scored by the image "
+                         "figure); the bound of points runs the whole chain on the held-out points")
+    args.n = EVAL_POINTS if args.n is None else args.n
     model, schedule, meta, mean, std = load_trained(args.checkpoint)
     d = mean.size
     variance = variance_of(meta, args)
@@ -279,6 +342,38 @@ def cmd_eval(args) -> None:
             bar.update(done)
     bar.close()
     report(method, values, gains, d, log_det, time.perf_counter() - start)
+
+
+def eval_images(args) -> None:
+    """The image figure of a model of images: --n samples (a class-conditional model's classes balanced unless
+    --label says otherwise, guided by --guidance) scored by ``ImageJudge`` beside its baselines at the same n."""
+    model, schedule, meta, mean, std = load_trained(args.checkpoint)
+    shape = cli_images.image_shape(meta, args.checkpoint)
+    if shape is None:
+        raise UsageError(f"{args.data!r} is a folder of images, but {args.checkpoint!r} was trained on points of "
+                         f"dimension {mean.size}; evaluate it on a .npy/.csv file or a toy set")
+    k = model.config.get("num_classes")
+    labels, n, what = cli_labels.sampling_labels(args, k, args.checkpoint, default="balanced",
+                                                 n_default=EVAL_IMAGES)
+    variance = variance_of(meta, args)
+    _image_defaults(args, meta, shape)
+    check_sample_flags(meta, args, schedule)
+    judge = cli_images.load_judge(args.judge_dir, args.data, shape, n, labels)
+    c = judge.classifier
+    print(f"judge: classifier {c.source} ({os.path.join(args.judge_dir, 'classifier.npz')}), test accuracy "
+          f"{100 * c.meta['test_accuracy']:.1f} % on {c.meta['n_test']} images of {args.data}")
+    start = time.perf_counter()
+    bar = Progress(n, label="sampled", unit="images")
+    parts, done = [], 0
+    for x in draw(model, schedule, meta, args, variance, None, None, labels, n, mean, std):
+        parts.append(x)
+        done += len(x)
+        bar.update(done)
+    bar.close()
+    sampler = args.sampler + (f" ({args.ddim_steps or schedule.T} steps)" if args.sampler == "ddim" else "")
+    clip = "" if args.clip_x0 is None else f", x0-hat clipped to ±{args.clip_x0:g}"
+    print(f"{n} samples of {args.checkpoint} in {time.perf_counter() - start:.1f} s: {what}; {sampler} sampler{clip}")
+    judge.report(np.concatenate(parts), labels, n=n, seed=args.seed, name="npdiff samples")
 
 
 def report(method: str, values, gains, d: int, log_det: float, seconds: float) -> None:

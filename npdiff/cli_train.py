@@ -4,8 +4,13 @@ Before any step: the output path (a writable .npz in an existing folder; an exis
 replaced only with ``--force`` or continued with ``--resume``), the data (a file or a toy set; at
 least 2 points whose standardisation does not overflow), the checkpoint's size against the free
 disk (a warning above 100 MB). A resumed run must repeat every setting that defines it (objective,
-schedule, model, data fingerprint, EMA, batch size, lr); only ``--steps`` and ``--checkpoint-every``
-may change. Problems raise ``UsageError`` (exit status 2, ``npdiff.cli``).
+schedule, model, data fingerprint and labels, EMA, batch size, lr, label dropout); only ``--steps`` and
+``--checkpoint-every`` may change. Problems raise ``UsageError`` (exit status 2, ``npdiff.cli``).
+
+Labels (``--labels``, ``--label-column``, an image folder's label file; ``cli_labels``) make the model
+class-conditional (``Diffusion(num_classes=K, label_dropout=p)``). An MNIST-format folder (``cli_images``)
+trains on its pixel vectors in [−1, 1] as they are: no standardisation (mean 0 and std 1 are stored), no
+coordinate embedding (``embed_coords=False``), and the meta records ``image_shape`` for ``sample``.
 """
 
 from __future__ import annotations
@@ -16,13 +21,15 @@ import sys
 
 import numpy as np
 
-from npdiff import backend, checkpoint, data, safeguards, streaming, train
+from npdiff import backend, checkpoint, cli_images, cli_labels, data, idx, safeguards, streaming, train
 from npdiff.cli_args import UsageError
 from npdiff.diffusion import DEFAULT_VARIANCE, Diffusion
 from npdiff.optim import EMA, AdamW, cosine_lr
 
 MODEL_FLAGS = {"hidden": "--hidden", "n_blocks": "--n-blocks", "emb_dim": "--emb-dim", "coord_scale": "--coord-scale",
-               "data_dim": "the data's dimension", "out_dim": "--objective (output width)"}
+               "data_dim": "the data's dimension", "out_dim": "--objective (output width)",
+               "num_classes": "--num-classes (the labels' K; None: no labels)",
+               "embed_coords": "the coordinate embedding (off for images)"}
 
 
 # ---- data -------------------------------------------------------------------------------------------
@@ -51,18 +58,70 @@ def standardize(x: np.ndarray, source: str):
     return z, mean, std
 
 
-def fingerprint(x: np.ndarray) -> dict:
-    """The data's shape and the SHA-256 of its float64 values: what a resumed run must train on."""
+def fingerprint(x: np.ndarray, labels: np.ndarray | None = None) -> dict:
+    """The data's shape and the SHA-256 of its float64 values (and of the labels, if any): what a resumed run
+    must train on."""
     values = np.ascontiguousarray(x, dtype="<f8")
-    return {"shape": list(values.shape), "sha256": hashlib.sha256(values.tobytes()).hexdigest()}
+    record = {"shape": list(values.shape), "sha256": hashlib.sha256(values.tobytes()).hexdigest()}
+    if labels is not None:
+        record["labels_sha256"] = cli_images.labels_sha256(labels)
+    return record
+
+
+class TrainingData:
+    """What ``train`` fits: z (N, D) in model coordinates, the mean and std that map back, the labels (N,) or
+    None, K, the fingerprint a resume compares, (H, W) for images, and a description of the labels."""
+
+    def __init__(self, z, mean, std, labels, num_classes, data_print, image_shape=None, label_source=None):
+        self.z, self.mean, self.std, self.labels, self.num_classes = z, mean, std, labels, num_classes
+        self.data_print, self.image_shape, self.label_source = data_print, image_shape, label_source
+
+
+def load_training_data(args) -> TrainingData:
+    """DATA and its labels: a folder of images (labels from its label file), or points (labels from --labels
+    or --label-column), every label checked (``cli_labels``)."""
+    images = cli_images.is_image_folder(args.data)
+    cli_labels.check_train_flags(args, images)
+    if images:
+        pixels, folder_labels = cli_images.load_folder(args.data)
+        z = idx.images_to_vectors(pixels)  # (N, H·W) float32 in [−1, 1]: already the model's scale
+        d = z.shape[1]
+        labels, source = (None, None) if args.no_labels else (folder_labels, f"the label file of {args.data}")
+        k = None if labels is None else cli_labels.training_classes(labels, len(z), args.num_classes, source)
+        return TrainingData(z, np.zeros(d), np.ones(d), labels, k, cli_images.fingerprint(pixels, labels),
+                            tuple(pixels.shape[1:]), source)
+    if args.label_column is not None:
+        x, labels = cli_labels.split_label_column(args.data, args.label_column)
+        source = f"column {args.label_column!r} of {args.data}"
+    else:
+        x = load_data(args.data, args.n, args.seed)
+        labels, source = None, None
+        if args.labels is not None:
+            labels, source = cli_labels.read_label_file(args.labels), args.labels
+    k = None
+    if labels is not None:
+        where = f"--labels {args.labels!r}" if args.labels is not None else f"--label-column {args.label_column!r}"
+        k = cli_labels.training_classes(labels, len(x), args.num_classes, where)
+    z, mean, std = standardize(x, args.data)
+    return TrainingData(z, mean, std, labels, k, fingerprint(x, labels), None, source)
 
 
 # ---- train ------------------------------------------------------------------------------------------
 
-def build(args, data_dim: int):
-    """The ``Diffusion`` bundle of the flags: model, schedule and objective (its output width follows from it)."""
-    return Diffusion(data_dim, args.objective, args.T, args.schedule, hidden=args.hidden, n_blocks=args.n_blocks,
-                     emb_dim=args.emb_dim, coord_scale=args.coord_scale, seed=args.seed)
+def build(args, data_dim: int, num_classes: int | None = None, images: bool = False):
+    """The ``Diffusion`` bundle of the flags: model, schedule and objective (its output width follows from it);
+    class-conditional with K = num_classes; images: no coordinate embedding (pixels go in as they are)."""
+    if args.objective != "epsilon" and args.prediction != "eps":
+        raise UsageError(f"--prediction {args.prediction} needs --objective epsilon (the {args.objective} objective "
+                         "trains its own outputs)")
+    return Diffusion(data_dim, args.objective, args.T, args.schedule, prediction=args.prediction,
+                     hidden=args.hidden, n_blocks=args.n_blocks,
+                     emb_dim=args.emb_dim, coord_scale=args.coord_scale, seed=args.seed, num_classes=num_classes,
+                     label_dropout=label_dropout(args), embed_coords=not images)
+
+
+def label_dropout(args) -> float:
+    return cli_labels.DEFAULT_DROPOUT if args.label_dropout is None else args.label_dropout
 
 
 def check_train_out(args):
@@ -105,6 +164,7 @@ def resume_mismatches(ckpt, args, model, schedule, data_print: dict, batch_size:
         raise UsageError(f"{ckpt.path}: not written by `npdiff train` (no objective in its meta); train into a new "
                          "--out")
     compare("--objective", args.objective, meta["objective"])
+    compare("--prediction", args.prediction, meta.get("prediction", "eps"))
     stored = ckpt.info["schedule_config"] or {}
     for key, value in schedule.config.items():
         compare({"T": "--T", "name": "--schedule"}.get(key, f"schedule {key}"), value, stored.get(key))
@@ -114,27 +174,32 @@ def resume_mismatches(ckpt, args, model, schedule, data_print: dict, batch_size:
     theirs = meta.get("data_fingerprint")
     if not isinstance(theirs, dict):
         diffs.append("DATA cannot be checked: the checkpoint records no data fingerprint (an older npdiff wrote it)")
-    elif data_print != theirs:
-        diffs.append(f"DATA of shape {tuple(data_print['shape'])} and SHA-256 {data_print['sha256'][:12]}… "
-                     f"(checkpoint: shape {tuple(theirs.get('shape', ()))}, "
-                     f"SHA-256 {str(theirs.get('sha256'))[:12]}…)")
+    else:
+        if (data_print["shape"], data_print["sha256"]) != (theirs.get("shape"), theirs.get("sha256")):
+            diffs.append(f"DATA of shape {tuple(data_print['shape'])} and SHA-256 {data_print['sha256'][:12]}… "
+                         f"(checkpoint: shape {tuple(theirs.get('shape', ()))}, "
+                         f"SHA-256 {str(theirs.get('sha256'))[:12]}…)")
+        mine, stored = data_print.get("labels_sha256"), theirs.get("labels_sha256")
+        if mine != stored and mine is not None and stored is not None:  # with or without: --num-classes says so
+            diffs.append(f"labels of SHA-256 {mine[:12]}… (checkpoint: {stored[:12]}…)")
     compare("--ema", args.ema, ckpt.info.get("ema_decay", 0.0))
     run = meta.get("train") if isinstance(meta.get("train"), dict) else {}
     compare("--batch-size", batch_size, run.get("batch_size", batch_size))  # not recorded by older versions
     compare("--lr", args.lr, run.get("lr", args.lr))
+    if model.config.get("num_classes") is not None and meta.get("label_dropout") is not None:
+        compare("--label-dropout", label_dropout(args), meta.get("label_dropout"))
     return diffs
 
 
 def cmd_train(args) -> None:
     ckpt = check_train_out(args)
-    x = load_data(args.data, args.n, args.seed)
-    z, mean, std = standardize(x, args.data)
-    diffusion = build(args, x.shape[1])
+    loaded = load_training_data(args)
+    z, labels, data_print = loaded.z, loaded.labels, loaded.data_print
+    diffusion = build(args, z.shape[1], loaded.num_classes, loaded.image_shape is not None)
     model, schedule, objective = diffusion.model, diffusion.schedule, diffusion.objective
     batch_size = min(args.batch_size, len(z))
     if batch_size < args.batch_size:
         print(f"--batch-size {args.batch_size} is more than the {len(z)} points: using {batch_size}")
-    data_print = fingerprint(x)
     first = 0
     if ckpt is not None:
         diffs = resume_mismatches(ckpt, args, model, schedule, data_print, batch_size)
@@ -159,10 +224,21 @@ def cmd_train(args) -> None:
               f"({model.flat_params.size} parameters); a smaller --hidden or --emb-dim makes it smaller",
               file=sys.stderr)
     print(schedule.summary(1.0))
-    meta = {"objective": args.objective, "variance": DEFAULT_VARIANCE[args.objective], "data": args.data,
-            "data_mean": mean.tolist(), "data_std": std.tolist(), "data_fingerprint": data_print,
+    if loaded.image_shape is not None:
+        print(f"{len(z)} images of {loaded.image_shape[0]}×{loaded.image_shape[1]} pixels, as vectors on [-1, 1]")
+    if labels is not None:
+        counts = np.bincount(labels, minlength=loaded.num_classes)
+        print(f"class-conditional: K = {loaded.num_classes} classes from {loaded.label_source} ({counts.min()}–"
+              f"{counts.max()} points per class), label dropout p = {label_dropout(args):g}")
+    meta = {"objective": args.objective, "variance": DEFAULT_VARIANCE[args.objective], "prediction": args.prediction,
+            "data": args.data,
+            "data_mean": loaded.mean.tolist(), "data_std": loaded.std.tolist(), "data_fingerprint": data_print,
             "train": {"batch_size": batch_size, "lr": args.lr}}
-    history = train.fit(model, z, objective, steps=args.steps, batch_size=batch_size,
+    if loaded.image_shape is not None:
+        meta["image_shape"] = list(loaded.image_shape)
+    if labels is not None:
+        meta.update(label_dropout=label_dropout(args), labels=loaded.label_source)
+    history = train.fit(model, z, objective, steps=args.steps, batch_size=batch_size, labels=labels,
                         optimizer=AdamW(model, lr=args.lr, weight_decay=0.0), rng=backend.default_rng(args.seed),
                         lr_schedule=cosine_lr(args.lr, args.steps, warmup=min(100, args.steps // 10)), clip=1.0,
                         ema=EMA(model, args.ema) if args.ema > 0 else None, checkpoint_path=args.out,
