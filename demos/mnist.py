@@ -7,7 +7,7 @@ Data: the four IDX files of an MNIST-format data set in ``--data`` (default: Fas
 original MNIST digits (needs internet access). Each 28 × 28 image becomes a vector of D = 784 numbers in
 [−1, 1]; the denoiser is the library's MLP on those raw pixels and the image's class label (no
 convolutions: "unlike the usual U-Net, we use the simplest MLP", as the seed tutorial says). Training drops
-the label 10 % of the time, so the same network is also the unconditional model; sampling combines the two
+the label 20 % of the time, so the same network is also the unconditional model; sampling combines the two
 with classifier-free guidance, ε̃ = (1 + w) ε_c − w ε_∅ (``npdiff.guidance``, docs/images.md).
 
 The judge (``npdiff.image_metrics.ImageJudge``): a classifier trained with npdiff's own layers on the
@@ -18,7 +18,7 @@ is equally present). Every row of the table is at the same sample count, beside 
 real images (the floor), a Gaussian fitted to the training pixels, one Gaussian per class, and noise.
 
 Writes into DIR (default ./out/mnist): classes.png (one row per class), guidance.png (the guidance
-sweep with its figures), forming.gif (a grid of images forming from noise), samples.npy and labels.npy
+sweep with its figures), forming.gif (five images per class forming from noise), samples.npy and labels.npy
 (the samples at the chosen w, vectors on [−1, 1], and their classes), quality.json, loss.png,
 checkpoint.npz (``Diffusion.load`` reads it) and classifier.npz (the judge).
 """
@@ -37,14 +37,14 @@ from npdiff import Diffusion, fileio, idx, image_viz, threads, viz
 from npdiff.image_metrics import ImageJudge, format_table
 
 # chosen by the study in docs/images.md (FCD per CPU minute on Fashion-MNIST)
-DEFAULTS = dict(steps=5000, batch_size=128, lr=2e-3, T=1000, schedule="linear", prediction="x0", hidden=1024,
-                n_blocks=3, emb_dim=128, ema=0.999, guidance=2.0, sweep=(0.0, 1.0, 2.0, 4.0), ddim_steps=50,
-                n_train=None, n_samples=1000, seed=0)
-QUICK = dict(steps=40, batch_size=32, T=50, hidden=64, n_blocks=1, emb_dim=16, ema=0.9, sweep=(0.0, 2.0),
+DEFAULTS = dict(steps=3000, batch_size=128, lr=2e-3, T=1000, schedule="linear", prediction="x0", hidden=1024,
+                n_blocks=3, emb_dim=128, ema=0.999, label_dropout=0.2, guidance=0.25, sweep=(0.0, 0.25, 0.5, 1.0, 3.0),
+                ddim_steps=50, n_train=None, n_samples=1000, seed=0)
+QUICK = dict(steps=40, batch_size=32, T=50, hidden=64, n_blocks=1, emb_dim=16, ema=0.9, guidance=0.5, sweep=(0.0, 0.5),
              ddim_steps=10, n_train=512, n_samples=20)
 QUICK_JUDGE = dict(hidden=(32, 8), epochs=2)  # a judge the tiny test data can train
 MNIST_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "npdiff", "mnist")
-FORMING = 10  # the GIF shows FORMING × FORMING images, one row per class
+FORMING = 5  # the GIF shows FORMING images per class, one row per class, every 5th state of the chain (≈ 1 MB)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -54,7 +54,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--download", action="store_true", help=f"fetch missing MNIST files from {idx.MNIST_URL}")
     p.add_argument("--out", default=os.path.join("out", "mnist"), help="output folder (default ./out/mnist)")
     p.add_argument("--quick", action="store_true",
-                   help=f"a tiny smoke run ({QUICK['n_train']} images, {QUICK['steps']} steps, a small model and judge)")
+                   help=f"a tiny smoke run ({QUICK['n_train']} images, {QUICK['steps']} steps, small model and judge)")
     p.add_argument("--steps", type=int, help=f"training steps (default {DEFAULTS['steps']})")
     p.add_argument("--batch-size", "--batch", type=int, help=f"images per step (default {DEFAULTS['batch_size']})")
     p.add_argument("--lr", type=float, help=f"peak AdamW learning rate, cosine-decayed (default {DEFAULTS['lr']})")
@@ -66,6 +66,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--n-blocks", "--blocks", type=int, help=f"residual blocks (default {DEFAULTS['n_blocks']})")
     p.add_argument("--emb-dim", "--emb", type=int, help=f"time-embedding size (default {DEFAULTS['emb_dim']})")
     p.add_argument("--ema", type=float, help=f"EMA decay of the weights, 0 for none (default {DEFAULTS['ema']})")
+    p.add_argument("--label-dropout", type=float,
+                   help=f"probability of training without the label (default {DEFAULTS['label_dropout']})")
     p.add_argument("--guidance", type=float, help=f"guidance scale w of the samples (default {DEFAULTS['guidance']})")
     p.add_argument("--sweep", type=float, nargs="+", help=f"the guidance sweep's w (default {DEFAULTS['sweep']})")
     p.add_argument("--ddim-steps", type=int, help=f"DDIM steps of the sampler (default {DEFAULTS['ddim_steps']})")
@@ -122,7 +124,8 @@ def sweep_png(path, by_w: dict, rows: dict, shape, per_class: int = 6) -> str:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    print(threads.apply_policy())  # one BLAS thread unless you set OPENBLAS_NUM_THREADS (docs/command-line.md)
+    # every core unless you set OPENBLAS_NUM_THREADS: 1024-wide products split well (2 threads: 1.7× one)
+    print(threads.apply_policy(os.cpu_count() or 1))
     start = time.perf_counter()
     images, labels, root = load(args)
     if args.n_train is not None and args.n_train < len(images):
@@ -140,16 +143,20 @@ def main(argv=None) -> dict:
     accuracy = judge.classifier.meta["test_accuracy"]
     print(f"judge: classifier {judge.classifier.source} in {t_judge:.1f} s, test accuracy {100 * accuracy:.1f} %")
 
-    diffusion = Diffusion(x.shape[1], T=args.T, schedule=args.schedule, prediction=args.prediction,
-                          num_classes=len(names), hidden=args.hidden, n_blocks=args.n_blocks, emb_dim=args.emb_dim,
-                          embed_coords=False, layernorm=True, final_layernorm=True, seed=args.seed)
+    stretch = {"scale_to_T": True} if args.schedule == "linear" and args.T != 1000 else None  # x_T is noise
+    diffusion = Diffusion(x.shape[1], T=args.T, schedule=args.schedule, schedule_kwargs=stretch,
+                          prediction=args.prediction, num_classes=len(names), label_dropout=args.label_dropout,
+                          hidden=args.hidden, n_blocks=args.n_blocks, emb_dim=args.emb_dim, embed_coords=False,
+                          layernorm=True, final_layernorm=True, seed=args.seed)
     history = diffusion.fit(x, steps=args.steps, labels=labels, batch_size=args.batch_size, lr=args.lr,
                             ema=args.ema if args.ema > 0 else None, seed=args.seed)
     n_params = sum(int(p.size) for p in diffusion.model.parameters().values())
     print(f"trained {args.steps} steps of batch {args.batch_size} in {history.seconds:.1f} s ({x.shape[1]}-"
           f"{args.hidden}×{args.n_blocks}-{x.shape[1]} MLP with labels, {n_params} parameters, {args.prediction}-"
           f"prediction), final loss {np.mean(history.loss[-100:]):.4f}")
-    diffusion.save(os.path.join(args.out, "checkpoint.npz"))
+    d = x.shape[1]  # the command line's view of the data: pixels on [−1, 1], not standardised
+    diffusion.save(os.path.join(args.out, "checkpoint.npz"), meta={"data": root, "image_shape": list(shape),
+                                                                   "data_mean": [0.0] * d, "data_std": [1.0] * d})
 
     rows, by_w, t_sample = sample_rows(diffusion, judge, args, args.seed + 1)
     baselines = judge.baselines(args.n_samples, seed=args.seed, labels=np.arange(args.n_samples) % len(names))
@@ -170,7 +177,7 @@ def main(argv=None) -> dict:
     _, _, xs = diffusion.sample(len(forming_labels), seed=args.seed + 2, labels=forming_labels, guidance=args.guidance,
                                 sampler="ddim", ddim_steps=args.ddim_steps, clip_x0=(-1.0, 1.0), record=True)
     with fileio.atomic_path(out["forming.gif"]) as path:
-        image_viz.forming_gif(path, xs, shape, columns=FORMING)
+        image_viz.forming_gif(path, np.concatenate([xs[:-1:5], xs[-1:]]), shape, columns=FORMING, fps=5)
     with fileio.atomic_path(out["loss.png"]) as path:
         viz.loss_png(path, history.loss)
     t_figures = time.perf_counter() - t0
@@ -185,7 +192,8 @@ def main(argv=None) -> dict:
     total = time.perf_counter() - start
     print(f"time: judge {t_judge:.1f} s, training {history.seconds:.1f} s, sampling and scoring {t_sample:.1f} s, "
           f"figures {t_figures:.1f} s, total {total:.1f} s")
-    result = {"rows": table, "targets": targets["met"], "per_class_accuracy": per_class, "judge_s": t_judge, "train_s": history.seconds,
+    result = {"rows": table, "targets": targets["met"], "per_class_accuracy": per_class, "judge_s": t_judge,
+              "train_s": history.seconds,
               "sample_s": t_sample, "total_s": total, "args": {k: v for k, v in vars(args).items()}}
     fileio.write_text(os.path.join(args.out, "quality.json"), json.dumps(result, indent=1, default=float))
     print(f"figures: {', '.join(os.path.abspath(p) for p in out.values())}")

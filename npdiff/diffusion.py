@@ -176,11 +176,12 @@ class Diffusion:
             return self._averaged(lambda: likelihood.exact_bound(self.process, x, rng, log_det=log_det))
         return self._averaged(lambda: likelihood.mc_bound(self.process, x, rng, n_t=n_t, log_det=log_det))
 
-    def save(self, path) -> None:
-        """A checkpoint of the weights (the EMA too), the optimizer, the schedule and this bundle's settings."""
+    def save(self, path, meta: dict | None = None) -> None:
+        """A checkpoint of the weights (the EMA too), the optimizer, the schedule and this bundle's settings;
+        ``meta``: more JSON-able facts to store beside them (the command line reads e.g. ``image_shape``)."""
         step = 0 if self.optimizer is None else self.optimizer.steps
         checkpoint.save(path, self.model, optimizer=self.optimizer, ema=self.ema, step=step,
-                        schedule=self.schedule, meta=dict(self.config))
+                        schedule=self.schedule, meta={**(meta or {}), **self.config})
 
     @classmethod
     def load(cls, path) -> "Diffusion":

@@ -35,7 +35,9 @@ def mosaic(vectors, shape: tuple[int, int], columns: int, scale: int = 1) -> np.
 def panels_png(path, panels: dict, shape: tuple[int, int], columns: int = 10) -> str:
     """One mosaic per ``title: vectors (N, D)`` entry, side by side, grey on black."""
     plt = _matplotlib()
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels), 3.7), squeeze=False)
+    rows = max(-(-len(v) // columns) for v in panels.values())
+    panel_width = max(2.6, 0.3 * columns)  # inches: room for the title above a narrow mosaic
+    fig, axes = plt.subplots(1, len(panels), figsize=(panel_width * len(panels), 0.3 * rows + 0.7), squeeze=False)
     for ax, (title, vectors) in zip(axes[0], panels.items()):
         ax.imshow(mosaic(vectors, shape, columns), cmap="gray", vmin=0, vmax=255, interpolation="nearest")
         ax.set_title(title, fontsize=9)

@@ -186,6 +186,28 @@ def test_fit_reads_back_at_its_checks_only_and_nothing_in_between(strict_cupy, c
     assert len(sites) == 1 and next(iter(sites)).startswith("npdiff/train.py:"), sites  # all at the check
 
 
+def test_labelled_training_and_guided_sampling_run_on_device_without_per_step_reads(device):
+    """Class labels: fit reads back only at its checks; a guided chain (ancestral and DDIM) once per chain."""
+    x, y = heart(), np.arange(512) % 3
+    diffusion = Diffusion(2, "epsilon", T=20, prediction="x0", num_classes=3, **SMALL)
+    if is_double(device):
+        device.TRANSFERS.reset()
+    diffusion.fit(x, steps=30, labels=y, batch_size=64, ema=0.9, check_every=10, progress=False)
+    if is_double(device):
+        assert device.TRANSFERS.count == 3, device.TRANSFERS.sites()  # the labels were checked on the host
+    labels = backend.asarray(np.arange(16) % 3)
+    for sampler, kw in (("ancestral", {}), ("ddim", {"ddim_steps": 5})):
+        chain = diffusion.chain(labels=labels, guidance=1.5)
+        if is_double(device):
+            device.TRANSFERS.reset()
+        out = sampling.sample(chain, 16, backend.default_rng(0), sampler=sampler, **kw)
+        if is_double(device):
+            assert device.TRANSFERS.count == 1, device.TRANSFERS.sites()  # the finiteness check, not one per step
+        assert isinstance(out, device.ndarray) and np.isfinite(backend.to_numpy(out)).all()
+    samples = diffusion.sample(16, labels="balanced", guidance=1.0, sampler="ddim", ddim_steps=5)
+    assert isinstance(samples, np.ndarray) and samples.shape == (16, 2)
+
+
 def test_the_denoiser_forward_and_backward_make_no_host_transfer(strict_cupy):
     model = Denoiser(2, **SMALL)
     t = backend.default_rng(0).integers(1, 20, size=8)

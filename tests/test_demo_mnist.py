@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from npdiff import idx
+from npdiff import cli, idx
 
 
 def write_tiny_dataset(root: Path, n_train: int = 48, n_test: int = 12) -> None:
@@ -44,11 +44,15 @@ def test_quick_run_writes_figures_samples_and_the_quality_table(tmp_path, run_de
     names = re.findall(r"^(held-out real \(floor\)|Gaussian fit to train pixels|one Gaussian per class|"
                        r"noise N\(0, I\) \(ceiling\)|npdiff, no label|npdiff, label, w = [\d.]+)\s+20\s+[\d.]+",
                        proc.stdout, re.M)
-    assert len(names) == 7, proc.stdout  # four baselines, the unconditional row and the sweep's w = 0 and 2
+    assert len(names) == 7, proc.stdout  # four baselines, the unconditional row and the sweep's w = 0 and 0.5
     assert len(re.findall(r"^target .*: (met|MISSED)", proc.stdout, re.M)) == 3
     quality = json.loads((out / "quality.json").read_text())
     assert len(quality["rows"]) == 7 and len(quality["per_class_accuracy"]) == 10
     assert str(out.resolve()) in proc.stdout.splitlines()[-1]
+    # the checkpoint is the command line's too: `npdiff sample` draws labelled images from it
+    assert cli.main(["sample", str(out / "checkpoint.npz"), "--label", "3", "--n", "4", "--sampler", "ddim",
+                     "--ddim-steps", "5", "--out", str(tmp_path / "s.npy")]) == 0
+    assert np.load(tmp_path / "s.npy").shape == (4, 784)
     assert sorted(os.listdir(data)) == sorted([*(n + ".gz" for n in idx.FILES["train"]), *idx.FILES["test"]])
 
 
