@@ -16,7 +16,7 @@ The model samples without the label (labels=None), so the completion does not kn
 ``--guidance W`` adds a row with the true label and classifier-free guidance w = W (it knows the answer).
 A control for denoising needs no factor r_t: the plain chain run from t*, where √ᾱ y is distributed as x_t
 (``denoise_from_t_star``). One seed for every chain: rows differ by the method or the label alone. Cost:
-3n·T forward passes per method (twice that with guidance); the default takes about 75 s on one core.
+3n·T forward passes per method (twice that with guidance); the default takes about 40 s on one core.
 
 Each completion is judged by the classifier of demos/mnist.py (``ImageJudge``, cached in --out; copied
 from the checkpoint's folder when that holds one): its accuracy against the true labels, and the RMSE to

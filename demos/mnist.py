@@ -37,7 +37,7 @@ from npdiff import Diffusion, fileio, idx, image_viz, threads, viz
 from npdiff.image_metrics import ImageJudge, format_table
 
 # chosen by the study in docs/images.md (FCD per CPU minute on Fashion-MNIST)
-DEFAULTS = dict(steps=3000, batch_size=128, lr=2e-3, T=1000, schedule="linear", prediction="x0", hidden=1024,
+DEFAULTS = dict(steps=8000, batch_size=128, lr=2e-3, T=1000, schedule="linear", prediction="x0", hidden=512,
                 n_blocks=3, emb_dim=128, ema=0.999, label_dropout=0.2, guidance=0.25, sweep=(0.0, 0.25, 0.5, 1.0, 3.0),
                 ddim_steps=50, n_train=None, n_samples=1000, seed=0)
 QUICK = dict(steps=40, batch_size=32, T=50, hidden=64, n_blocks=1, emb_dim=16, ema=0.9, guidance=0.5, sweep=(0.0, 0.5),
@@ -124,7 +124,7 @@ def sweep_png(path, by_w: dict, rows: dict, shape, per_class: int = 6) -> str:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    # every core unless you set OPENBLAS_NUM_THREADS: 1024-wide products split well (2 threads: 1.7× one)
+    # every core unless you set OPENBLAS_NUM_THREADS: the image model's products are large enough to split
     print(threads.apply_policy(os.cpu_count() or 1))
     start = time.perf_counter()
     images, labels, root = load(args)
