@@ -60,6 +60,28 @@ def test_frechet_distance_is_zero_for_equal_gaussians_and_symmetric():
         frechet_distance(0 * mu, singular, mu, cov1), rel=1e-8)
 
 
+def sqrtm_trace_tolerance(cov1, cov2, safety=10.0):
+    """How far a backward-stable square root may move tr((Σ₁Σ₂)^½), derived from the problem's conditioning.
+
+    The reference computes the root of Σ₁Σ₂ + E with ‖E‖ ≲ F·ε·‖Σ₁‖‖Σ₂‖. Σ₁Σ₂ = Σ₁^½ M Σ₁^-½ is similar to the
+    symmetric M = Σ₁^½ Σ₂ Σ₁^½, so each eigenvalue λ_i moves by δ ≤ ‖E‖·κ(Σ₁^½) (Bauer–Fike), and its root by
+    √(λ_i + δ) − √λ_i ≤ min(√δ, δ / (2√λ_i)): ~δ for the well-conditioned eigenvalues, √δ for the zero ones of
+    a singular Σ. The Fréchet distance carries the trace twice.
+    """
+    f = cov1.shape[0]
+    lam = np.maximum(np.linalg.eigvalsh(sqrtm_psd(cov1) @ cov2 @ sqrtm_psd(cov1)), 0.0)
+    delta = safety * f * np.finfo(np.float64).eps * np.linalg.norm(cov1, 2) * np.linalg.norm(cov2, 2)
+    delta *= math.sqrt(np.linalg.cond(cov1))
+    per_root = np.minimum(math.sqrt(delta), delta / (2.0 * np.sqrt(np.maximum(lam, np.finfo(np.float64).tiny))))
+    return 2.0 * float(per_root.sum())
+
+
+def frechet_distance_with_product_of_roots(mu1, cov1, mu2, cov2):
+    """A classic wrong trace term, tr(Σ₁^½ Σ₂^½), equal to the right one only when Σ₁ and Σ₂ commute."""
+    diff = mu1 - mu2
+    return float(diff @ diff + np.trace(cov1) + np.trace(cov2) - 2.0 * np.trace(sqrtm_psd(cov1) @ sqrtm_psd(cov2)))
+
+
 @pytest.mark.parametrize("rank", [None, 4])
 def test_frechet_distance_equals_the_scipy_sqrtm_form_fid_code_uses(crosscheck, rank):
     linalg = crosscheck("scipy.linalg")
@@ -68,15 +90,33 @@ def test_frechet_distance_equals_the_scipy_sqrtm_form_fid_code_uses(crosscheck, 
     mu1, mu2 = rng(7).standard_normal(f), rng(8).standard_normal(f)
     root = linalg.sqrtm(cov1 @ cov2)  # pytorch-fid's form: tr((Σ₁Σ₂)^½), a non-symmetric square root
     expected = np.sum((mu1 - mu2) ** 2) + np.trace(cov1) + np.trace(cov2) - 2 * np.trace(root).real
-    assert frechet_distance(mu1, cov1, mu2, cov2) == pytest.approx(expected, rel=1e-9)
+    tolerance = sqrtm_trace_tolerance(cov1, cov2)  # ~2e-11 at full rank, ~6e-6 at rank 4 (three √δ terms)
+    assert abs(frechet_distance(mu1, cov1, mu2, cov2) - expected) <= tolerance
+    # the tolerance still tells the right trace term from the wrong one on these non-commuting covariances
+    assert abs(frechet_distance_with_product_of_roots(mu1, cov1, mu2, cov2) - expected) > 1000 * tolerance
+
+
+def test_frechet_distance_of_non_commuting_2x2_covariances_equals_the_closed_form():
+    # for a 2×2 PSD M: tr M^½ = √(tr M + 2√det M); with M = Σ₁^½ Σ₂ Σ₁^½, tr M = tr(Σ₁Σ₂), det M = det Σ₁ det Σ₂
+    cov1 = np.diag([4.0, 0.25])
+    cov2 = np.array([[2.125, 1.875], [1.875, 2.125]])  # diag(4, 0.25) rotated by 45°: they do not commute
+    assert np.abs(cov1 @ cov2 - cov2 @ cov1).max() > 1.0
+    mu1, mu2 = np.array([0.2, -1.0]), np.array([1.0, 0.5])
+    trace_root = math.sqrt(np.trace(cov1 @ cov2) + 2.0 * math.sqrt(np.linalg.det(cov1) * np.linalg.det(cov2)))
+    expected = np.sum((mu1 - mu2) ** 2) + np.trace(cov1) + np.trace(cov2) - 2.0 * trace_root
+    assert frechet_distance(mu1, cov1, mu2, cov2) == pytest.approx(expected, rel=1e-13)
+    assert abs(frechet_distance_with_product_of_roots(mu1, cov1, mu2, cov2) - expected) > 0.1
 
 
 def test_sqrtm_psd_equals_scipy_and_squares_back(crosscheck):
     linalg = crosscheck("scipy.linalg")
     a = random_covariance(9, 10)
     root = sqrtm_psd(a)
-    np.testing.assert_allclose(root, linalg.sqrtm(a).real, rtol=1e-9, atol=1e-12)
-    np.testing.assert_allclose(root @ root, a, rtol=1e-12, atol=1e-13)
+    # a root's entries move by ~ε‖A‖/√λ_min (the smallest eigenvalue sets the conditioning of √)
+    lam = np.linalg.eigvalsh(a)
+    tolerance = 10 * a.shape[0] * np.finfo(np.float64).eps * lam.max() / math.sqrt(lam.min())
+    np.testing.assert_allclose(root, linalg.sqrtm(a).real, rtol=0, atol=tolerance)
+    np.testing.assert_allclose(root @ root, a, rtol=0, atol=10 * a.shape[0] * np.finfo(np.float64).eps * lam.max())
 
 
 def test_sqrtm_psd_refuses_a_matrix_that_is_not_psd():
