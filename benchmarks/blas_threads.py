@@ -3,7 +3,7 @@
     python benchmarks/blas_threads.py [--seconds 2] [--rounds 3] [--busy]
 
 For each configuration the script alternates blocks of steps with 1 and with 2 OpenBLAS threads
-(``npdiff.threads.set_blas_threads``), ``--rounds`` times, and prints the median time per step of each
+(``npdiff.io.threads.set_blas_threads``), ``--rounds`` times, and prints the median time per step of each
 and their ratio (2 threads / 1 thread: above 1 means the second thread slows the step down). The
 training step is the denoiser's forward, backward and an AdamW update at the demo's batch and width;
 the covariance demo's step is its q_sample and sample covariance. ``--busy`` starts one process that
@@ -22,9 +22,9 @@ import time
 
 import numpy as np
 
-from npdiff.models import Denoiser
-from npdiff.optim import AdamW
-from npdiff.threads import set_blas_threads
+from npdiff.nn.denoiser import Denoiser
+from npdiff.nn.optim import AdamW
+from npdiff.io.threads import set_blas_threads
 
 # (name, data_dim, out_dim, batch, model options): each demo's defaults
 CONFIGS = [

@@ -46,10 +46,14 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
 import numpy as np  # noqa: E402
 
-from npdiff import backend, data, ddpm, train  # noqa: E402
-from npdiff.models import Denoiser  # noqa: E402
-from npdiff.optim import AdamW  # noqa: E402
-from npdiff.schedules import Schedule  # noqa: E402
+from npdiff import backend, data
+
+from npdiff.processes import ddpm
+
+from npdiff.training import train  # noqa: E402
+from npdiff.nn.denoiser import Denoiser  # noqa: E402
+from npdiff.nn.optim import AdamW  # noqa: E402
+from npdiff.processes.schedules import Schedule  # noqa: E402
 
 PARTS = ("tests", "train_step", "agreement", "mnist")
 MNIST = dict(data_dim=784, hidden=2048, n_blocks=5, emb_dim=100, embed_coords=False, layernorm=True,

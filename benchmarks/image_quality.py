@@ -21,8 +21,10 @@ import time
 
 import numpy as np
 
-from npdiff import fileio, idx, threads
-from npdiff.image_metrics import ImageJudge
+from npdiff.images import idx
+
+from npdiff.io import fileio, threads
+from npdiff.images.quality import ImageJudge
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -33,10 +33,16 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from npdiff import checkpoint, data, ddpm, hybrid, likelihood, optim, sohl_dickstein as sd, train  # noqa: E402
-from npdiff.ddpm import EpsilonObjective  # noqa: E402
-from npdiff.models import Denoiser  # noqa: E402
-from npdiff.schedules import Schedule  # noqa: E402
+from npdiff import data
+
+from npdiff.nn import optim
+
+from npdiff.processes import ddpm, hybrid, likelihood, sohl_dickstein as sd
+
+from npdiff.training import checkpoint, train  # noqa: E402
+from npdiff.processes.ddpm import EpsilonObjective  # noqa: E402
+from npdiff.nn.denoiser import Denoiser  # noqa: E402
+from npdiff.processes.schedules import Schedule  # noqa: E402
 
 ROWS = ("eps", "hybrid", "sd1000", "sd40")
 LABELS = {"eps/fixed_small": "DDPM ε, σ² = β̃ (fixed)", "eps/fixed_large": "DDPM ε, σ² = β (fixed)",

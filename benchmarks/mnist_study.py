@@ -7,7 +7,7 @@
 One run trains one configuration of ``CONFIGS`` (the baseline, today's ``demos/mnist.py`` model, with ONE
 knob changed) on the 60,000 Fashion-MNIST training images (vectors of D = 784 pixels on [−1, 1]) for a
 fixed number of steps with one BLAS thread, samples n images (DDIM, 50 steps, x̂_0 clipped, unless the
-configuration says otherwise) and scores them with the classifier judge (``npdiff.image_metrics``,
+configuration says otherwise) and scores them with the classifier judge (``npdiff.images.quality``,
 cached in out/image_quality; trained there on first use): FCD, the real-vs-real floor and the three
 other baselines at the same n, the accuracy on the intended class (class-conditional runs), the
 entropy of the predicted classes. A configuration with a ``parent`` trains nothing: it re-samples the
@@ -36,11 +36,19 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from npdiff import backend, checkpoint, ddpm, idx, sampling, threads, train  # noqa: E402
-from npdiff.image_metrics import ImageJudge  # noqa: E402
-from npdiff.models import Denoiser  # noqa: E402
-from npdiff.optim import EMA, AdamW, cosine_lr  # noqa: E402
-from npdiff.schedules import Schedule  # noqa: E402
+from npdiff import backend
+
+from npdiff.images import idx
+
+from npdiff.io import threads
+
+from npdiff.processes import ddpm, sampling
+
+from npdiff.training import checkpoint, train  # noqa: E402
+from npdiff.images.quality import ImageJudge  # noqa: E402
+from npdiff.nn.denoiser import Denoiser  # noqa: E402
+from npdiff.nn.optim import EMA, AdamW, cosine_lr  # noqa: E402
+from npdiff.processes.schedules import Schedule  # noqa: E402
 
 OUT = os.path.join("out", "mnist_study")
 JUDGE_DIR = os.path.join("out", "image_quality")

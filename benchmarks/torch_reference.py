@@ -2,7 +2,7 @@
 
 Shape glossary: N batch, D data dims, E embedding size, H hidden width, T diffusion steps.
 
-The model mirrors ``npdiff.models.Denoiser`` layer for layer: sinusoidal embeddings of each coordinate
+The model mirrors ``npdiff.nn.denoiser.Denoiser`` layer for layer: sinusoidal embeddings of each coordinate
 (scale ``coord_scale``) and of t (scale ``time_scale``), concatenated as [emb(x_1), …, emb(x_D), emb(t)];
 Linear + GELU(tanh); residual blocks x + GELU(Linear(LN(x))); optional final LayerNorm; Linear out.
 ``load_from`` copies an npdiff model's weights, so both start from the same point.
@@ -45,7 +45,7 @@ class Block(nn.Module):
 
 
 class Denoiser(nn.Module):
-    """f(x_t, t) with the architecture of ``npdiff.models.Denoiser`` (coordinate embeddings on)."""
+    """f(x_t, t) with the architecture of ``npdiff.nn.denoiser.Denoiser`` (coordinate embeddings on)."""
 
     def __init__(self, data_dim, hidden, n_blocks, emb_dim, coord_scale, time_scale, layernorm,
                  final_layernorm) -> None:

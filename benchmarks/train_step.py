@@ -33,11 +33,15 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import numpy as np  # noqa: E402
 
-from npdiff import backend, data, ddpm, sampling, train  # noqa: E402
-from npdiff.layers import Linear  # noqa: E402
-from npdiff.models import Denoiser  # noqa: E402
-from npdiff.optim import AdamW  # noqa: E402
-from npdiff.schedules import Schedule  # noqa: E402
+from npdiff import backend, data
+
+from npdiff.processes import ddpm, sampling
+
+from npdiff.training import train  # noqa: E402
+from npdiff.nn.layers import Linear  # noqa: E402
+from npdiff.nn.denoiser import Denoiser  # noqa: E402
+from npdiff.nn.optim import AdamW  # noqa: E402
+from npdiff.processes.schedules import Schedule  # noqa: E402
 
 CONFIGS = {
     "seed-heart": dict(batch=32, T=200, clip=1.0, steps=3000, warmup=300, block=200,

@@ -30,8 +30,12 @@ import time
 
 import numpy as np
 
-from npdiff import Diffusion, EpsilonChain, Schedule, backend, conditioning, data, fileio, likelihood, threads
-from npdiff.oracles import GaussianEpsilon, GaussianOracle
+from npdiff import Diffusion, EpsilonChain, Schedule, backend, data
+
+from npdiff.io import fileio, threads
+
+from npdiff.processes import conditioning, likelihood
+from npdiff.processes.oracles import GaussianEpsilon, GaussianOracle
 
 ROLL_NOISE = 0.5
 THRESHOLDS = {"support": 0.3, "kl": 1.2}  # quick run ≈ 0.16 and ≈ 0.6, full ≈ 0.12 and ≈ 0.2-0.35; untrained > 100, > 2

@@ -18,8 +18,8 @@ import sys
 
 import numpy as np
 
-from npdiff import fileio, threads
-from npdiff.schedules import Schedule
+from npdiff.io import fileio, threads
+from npdiff.processes.schedules import Schedule
 
 SIGMA_0 = np.array([[2.0, 1.2], [1.2, 1.0]])  # tilted, elongated: correlation 0.85
 

@@ -18,9 +18,11 @@ import time
 
 import numpy as np
 
-from npdiff import fileio, gradcheck, threads
-from npdiff.layers import ACTIVATIONS
-from npdiff.models import Denoiser
+from npdiff.io import fileio, threads
+
+from npdiff.nn import gradcheck
+from npdiff.nn.layers import ACTIVATIONS
+from npdiff.nn.denoiser import Denoiser
 
 THRESHOLD = 1e-6
 

@@ -34,7 +34,11 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from npdiff import Diffusion, EpsilonChain, backend, data, fileio, sampling, threads
+from npdiff import Diffusion, EpsilonChain, backend, data
+
+from npdiff.io import fileio, threads
+
+from npdiff.processes import sampling
 
 K = 8  # labels: the mixture's components
 SWEEP = (0.0, 0.5, 1.0, 2.0, 4.0)

@@ -19,7 +19,11 @@ import time
 
 import numpy as np
 
-from npdiff import AdamW, Diffusion, backend, cosine_lr, data, fileio, metrics, sampling, threads, viz
+from npdiff import AdamW, Diffusion, backend, cosine_lr, data, metrics
+
+from npdiff.io import fileio, threads, viz
+
+from npdiff.processes import sampling
 
 # chosen by measured Chamfer per second on a 2-core CPU (see the README's table)
 DEFAULTS = dict(steps=3000, batch_size=512, lr=2e-2, T=200, schedule="linear", hidden=64, n_blocks=1, emb_dim=64,

@@ -43,9 +43,15 @@ import time
 
 import numpy as np
 
-from npdiff import Diffusion, backend, conditioning, fileio, idx, image_viz, sampling, threads
-from npdiff.classifier import CACHE_NAME
-from npdiff.image_metrics import ImageJudge, class_accuracy
+from npdiff import Diffusion, backend
+
+from npdiff.images import idx, image_viz
+
+from npdiff.io import fileio, threads
+
+from npdiff.processes import conditioning, sampling
+from npdiff.images.classifier import CACHE_NAME
+from npdiff.images.quality import ImageJudge, class_accuracy
 
 DEFAULTS = dict(n=50, methods=["paper", "replace"], guidance=None, noise_std=0.5, square=14, seed=0)
 QUICK = dict(n=10, guidance=2.0)

@@ -3,14 +3,14 @@
     python demos/mnist.py [--data DIR | --download] [--out DIR] [--quick] [--steps N] [--guidance W] …
 
 Data: the four IDX files of an MNIST-format data set in ``--data`` (default: Fashion-MNIST as Debian's
-``dataset-fashion-mnist`` installs it, ``npdiff.idx.FASHION_MNIST_DIR``), or ``--download`` for the
+``dataset-fashion-mnist`` installs it, ``npdiff.images.idx.FASHION_MNIST_DIR``), or ``--download`` for the
 original MNIST digits (needs internet access). Each 28 × 28 image becomes a vector of D = 784 numbers in
 [−1, 1]; the denoiser is the library's MLP on those raw pixels and the image's class label (no
 convolutions: "unlike the usual U-Net, we use the simplest MLP", as the seed tutorial says). Training drops
 the label 20 % of the time, so the same network is also the unconditional model; sampling combines the two
-with classifier-free guidance, ε̃ = (1 + w) ε_c − w ε_∅ (``npdiff.guidance``, docs/images.md).
+with classifier-free guidance, ε̃ = (1 + w) ε_c − w ε_∅ (``npdiff.processes.guidance``, docs/images.md).
 
-The judge (``npdiff.image_metrics.ImageJudge``): a classifier trained with npdiff's own layers on the
+The judge (``npdiff.images.quality.ImageJudge``): a classifier trained with npdiff's own layers on the
 training split (cached in --out after its first training), which scores the samples by the Fréchet
 distance of its features to held-out images (FCD; lower is better), by how often it assigns a sample to
 the class it was asked for, and by the entropy of its predicted classes (ln 10 = 2.303 when every class
@@ -33,8 +33,12 @@ import time
 
 import numpy as np
 
-from npdiff import Diffusion, fileio, idx, image_viz, threads, viz
-from npdiff.image_metrics import ImageJudge, format_table
+from npdiff import Diffusion
+
+from npdiff.images import idx, image_viz
+
+from npdiff.io import fileio, threads, viz
+from npdiff.images.quality import ImageJudge, format_table
 
 # chosen by the study in docs/images.md (FCD per CPU minute on Fashion-MNIST)
 DEFAULTS = dict(steps=8000, batch_size=128, lr=2e-3, T=1000, schedule="linear", prediction="x0", hidden=512,

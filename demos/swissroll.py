@@ -6,7 +6,7 @@ Data: the FFJORD Swiss roll (``npdiff.data.swissroll``): t = 1.5π(1 + 2u), u ~ 
 (t cos t, t sin t)/5 plus N(0, (noise/5)²) per coordinate (noise 0.5 here, a thinner roll than FFJORD's
 1.0, closer to the paper's figure), standardised per dimension (the scaling is printed and saved).
 Chain: T = 40, β_t = 1/(T − t + 1) (β_T capped at 0.999), the released code's kernel parameterisation
-(``npdiff.sohl_dickstein``), trained on the unbiased Monte-Carlo estimate of −K.
+(``npdiff.processes.sohl_dickstein``), trained on the unbiased Monte-Carlo estimate of −K.
 
 Outputs in DIR: figure1.png (row 1: forward trajectory q at t = 0, T/2, T; row 2: the learned reverse
 trajectory p at t = T, T/2, 0; row 3: the learned drift μ_θ(x_t, t) − x_t at t = T, T/2, 2, as arrows in
@@ -26,8 +26,16 @@ import sys
 
 import numpy as np
 
-from npdiff import data, fileio, likelihood, optim, sampling, sohl_dickstein as sd, threads, train
-from npdiff.schedules import Schedule
+from npdiff import data
+
+from npdiff.io import fileio, threads
+
+from npdiff.nn import optim
+
+from npdiff.processes import likelihood, sampling, sohl_dickstein as sd
+
+from npdiff.training import train
+from npdiff.processes.schedules import Schedule
 
 LN2 = math.log(2.0)
 # The reference entropy H = −E log p(x) costs ~0.7 ms a point (p is a 20,001-node mixture): 5,000 points give

@@ -7,16 +7,16 @@ train (``fit`` with ``Adam``/``AdamW``, ``EMA``, ``cosine_lr``), sample (``sampl
 """
 
 from npdiff import data, metrics
-from npdiff.ddpm import EpsilonChain, EpsilonObjective
+from npdiff.processes.ddpm import EpsilonChain, EpsilonObjective
 from npdiff.diffusion import Diffusion
-from npdiff.hybrid import HybridObjective
-from npdiff.likelihood import Bound, eq14_bound, exact_bound, mc_bound
-from npdiff.models import Denoiser
-from npdiff.optim import EMA, Adam, AdamW, cosine_lr
-from npdiff.sampling import sample
-from npdiff.schedules import Schedule
-from npdiff.sohl_dickstein import BoundObjective, SohlDicksteinChain
-from npdiff.train import History, fit
+from npdiff.processes.hybrid import HybridObjective
+from npdiff.processes.likelihood import Bound, eq14_bound, exact_bound, mc_bound
+from npdiff.nn.denoiser import Denoiser
+from npdiff.nn.optim import EMA, Adam, AdamW, cosine_lr
+from npdiff.processes.sampling import sample
+from npdiff.processes.schedules import Schedule
+from npdiff.processes.sohl_dickstein import BoundObjective, SohlDicksteinChain
+from npdiff.training.train import History, fit
 
 __version__ = "0.1.0"
 

@@ -25,14 +25,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from npdiff import backend, checkpoint, conditioning, likelihood, sampling, train
-from npdiff.ddpm import EpsilonChain, EpsilonObjective
-from npdiff.guidance import sample_labels
-from npdiff.hybrid import HybridObjective
-from npdiff.models import Denoiser
-from npdiff.optim import EMA, AdamW, cosine_lr
-from npdiff.schedules import Schedule
-from npdiff.sohl_dickstein import BoundObjective, SohlDicksteinChain, make_model
+from npdiff import backend
+
+from npdiff.processes import conditioning, likelihood, sampling
+
+from npdiff.training import checkpoint, train
+from npdiff.processes.ddpm import EpsilonChain, EpsilonObjective
+from npdiff.processes.guidance import sample_labels
+from npdiff.processes.hybrid import HybridObjective
+from npdiff.nn.denoiser import Denoiser
+from npdiff.nn.optim import EMA, AdamW, cosine_lr
+from npdiff.processes.schedules import Schedule
+from npdiff.processes.sohl_dickstein import BoundObjective, SohlDicksteinChain, make_model
 
 OBJECTIVES = ("epsilon", "hybrid", "sohl_dickstein")
 DEFAULT_VARIANCE = {"epsilon": "fixed_small", "hybrid": "learned_range", "sohl_dickstein": None}
@@ -46,7 +50,7 @@ class Diffusion:
     "fixed_large", "learned_range"; by default the objective's own). prediction, min_snr_gamma: the "epsilon"
     objective's target ("eps", "x0" or "v") and loss weighting (``ddpm.EpsilonObjective``). num_classes: K for
     a class-conditional model ("epsilon" objective), whose training drops each label with probability
-    ``label_dropout`` (``npdiff.guidance``). denoiser_kwargs: ``Denoiser``'s architecture (hidden, n_blocks,
+    ``label_dropout`` (``npdiff.processes.guidance``). denoiser_kwargs: ``Denoiser``'s architecture (hidden, n_blocks,
     emb_dim, input_skip, …); its output width follows from the objective.
     """
 
@@ -139,7 +143,7 @@ class Diffusion:
 
         labels (class-conditional models): one class for every sample (an int), one per sample (n,), or
         "balanced" (classes in turn); None samples the unconditional model. guidance: w of classifier-free
-        guidance (``npdiff.guidance``; 0 is the plain conditional model).
+        guidance (``npdiff.processes.guidance``; 0 is the plain conditional model).
 
         given / observed / noise_std: sample p(x0) r(x0) instead, conditioned on known coordinates (NaN =
         free) or on a noisy observation y = x0 + N(0, noise_std²), (D,) or (n, D) in the model's coordinates;

@@ -24,7 +24,7 @@ Squared maximum mean discrepancy with k(x, y) = exp(−‖x − y‖² / (2h²))
              − 2 Σ_{i,j} k(a_i, b_j) / (NM)
 
 For MNIST-format images, the classifier-judged figures (FCD, accuracy on intended classes, predicted-class
-entropy, and their baselines) live in ``npdiff.image_metrics`` and are re-exported here.
+entropy, and their baselines) live in ``npdiff.images.quality``, which ``import npdiff`` does not load.
 """
 
 from __future__ import annotations
@@ -32,8 +32,6 @@ from __future__ import annotations
 import numpy as np
 
 from npdiff import backend
-from npdiff.image_metrics import (  # noqa: F401  the image-quality figure (docs/images-quality.md)
-    ImageJudge, class_accuracy, fcd, frechet_distance, gaussian_fit, predicted_class_entropy)
 
 MEDIAN_SUBSAMPLE = 1000  # at most this many pooled points enter the median-distance heuristic
 

@@ -133,7 +133,7 @@ def test_to_numpy_calls_get_on_device_arrays():
 
 @pytest.mark.gpu
 def test_denoiser_forward_on_cupy_matches_numpy():
-    from npdiff.models import Denoiser
+    from npdiff.nn.denoiser import Denoiser
 
     config = dict(data_dim=2, hidden=8, n_blocks=2, emb_dim=8, layernorm=True, final_layernorm=True,
                   dtype="float64", seed=0)

@@ -9,10 +9,14 @@ import os
 import numpy as np
 import pytest
 
-from npdiff import checkpoint, ddpm, fileio, train
-from npdiff.models import Denoiser
-from npdiff.optim import EMA, AdamW, cosine_lr
-from npdiff.schedules import Schedule
+from npdiff.io import fileio
+
+from npdiff.processes import ddpm
+
+from npdiff.training import checkpoint, train
+from npdiff.nn.denoiser import Denoiser
+from npdiff.nn.optim import EMA, AdamW, cosine_lr
+from npdiff.processes.schedules import Schedule
 
 
 def model_of(width=8, dtype="float64", seed=0):

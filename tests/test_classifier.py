@@ -1,4 +1,4 @@
-"""npdiff.classifier: gradients against finite differences, learning a separable task, and the cache in the
+"""npdiff.images.classifier: gradients against finite differences, learning a separable task, and the cache in the
 caller's output folder (loaded on a second call; retrained for other data or settings; refused when damaged)."""
 
 import json
@@ -7,9 +7,11 @@ import os
 import numpy as np
 import pytest
 
-from npdiff import classifier, gradcheck, idx
-from npdiff.classifier import Classifier
-from npdiff.losses import SoftmaxCrossEntropy
+from npdiff.images import classifier, idx
+
+from npdiff.nn import gradcheck
+from npdiff.images.classifier import Classifier
+from npdiff.nn.losses import SoftmaxCrossEntropy
 
 SMALL = {"hidden": (16, 8), "epochs": 4, "batch_size": 32, "lr": 3e-3}  # trains in ~0.1 s
 

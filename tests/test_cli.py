@@ -17,7 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from npdiff import checkpoint, cli
+from npdiff import cli
+
+from npdiff.training import checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--hidden", "8", "--n-blocks", "1", "--emb-dim", "8", "--coord-scale", "1"]
@@ -94,8 +96,9 @@ def test_npy_and_csv_outputs_hold_the_same_numbers_and_are_named_as_asked(tmp_pa
 
 
 def test_a_single_chunk_draws_what_the_library_sampler_draws(tmp_path, small_model):
-    from npdiff import backend, sampling
-    from npdiff.ddpm import EpsilonChain
+    from npdiff import backend
+    from npdiff.processes import sampling
+    from npdiff.processes.ddpm import EpsilonChain
 
     assert cli.main(["sample", str(small_model), "--out", str(tmp_path / "one.npy"), "--n", "50"]) == 0
     model, schedule = checkpoint.load_model(small_model)
@@ -200,7 +203,8 @@ def test_python_m_npdiff_help_and_a_bad_flag(tmp_path):
 
 def test_sample_and_eval_ask_the_library_for_at_most_a_chunk_and_see_every_point_once(tmp_path, small_model,
                                                                                      monkeypatch):
-    from npdiff import cli_sample, data
+    from npdiff import data
+    from npdiff.cli import sample as cli_sample
 
     seen = {"draw": [], "bound": []}
     draw, bound = cli_sample._draw_chunk, cli_sample._bound_chunk
@@ -267,8 +271,8 @@ def test_an_observation_gives_samples_around_the_exact_posterior_mean(tmp_path, 
 
 def test_a_per_sample_condition_is_sliced_across_chunks_as_the_library_samples_it(tmp_path, gaussians_model):
     from npdiff import backend
-    from npdiff.conditioning import Conditioned
-    from npdiff.ddpm import EpsilonChain
+    from npdiff.processes.conditioning import Conditioned
+    from npdiff.processes.ddpm import EpsilonChain
 
     given = np.full((10, 2), np.nan)
     given[::2, 0] = np.linspace(-2, 2, 5)  # even rows know x, odd rows know y, every row another value

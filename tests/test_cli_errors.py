@@ -15,7 +15,11 @@ import os
 import numpy as np
 import pytest
 
-from npdiff import checkpoint, cli, fileio, streaming
+from npdiff import cli
+
+from npdiff.io import fileio, streaming
+
+from npdiff.training import checkpoint
 
 TINY = ["--hidden", "8", "--n-blocks", "1", "--emb-dim", "8", "--coord-scale", "1"]
 RUN = ["--T", "20", *TINY, "--steps", "40", "--batch-size", "32", "--ema", "0.9", "--lr", "0.001"]

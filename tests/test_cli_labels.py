@@ -15,7 +15,11 @@ import zlib
 import numpy as np
 import pytest
 
-from npdiff import checkpoint, cli, idx
+from npdiff import cli
+
+from npdiff.images import idx
+
+from npdiff.training import checkpoint
 
 TINY = ["--hidden", "16", "--n-blocks", "1", "--emb-dim", "8", "--T", "20", "--steps", "20", "--batch-size", "32"]
 CENTRES = np.array([[4.0, 4.0], [-4.0, 4.0], [-4.0, -4.0], [4.0, -4.0]])  # class k lives around CENTRES[k]

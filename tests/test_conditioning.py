@@ -1,10 +1,10 @@
-"""npdiff.conditioning: the product kernel, its exact cases, the wiring through the one sampler, and bad input.
+"""npdiff.processes.conditioning: the product kernel, its exact cases, the wiring through the one sampler, and bad input.
 
 The exact checks use Gaussian data N(M, S) with the exact ε (``EpsilonChain(GaussianEpsilon)``) or the exact
 kernel (``GaussianOracle``, the zero-output Sohl-Dickstein chain). Neither of the paper's two choices of r_t
 reproduces the posterior exactly: ``exact_moments`` measures their bias without sampling error, and the
 tests pin it (docs/conditioning.md has the table), while the Monte-Carlo tests check that sampling through
-``npdiff.sampling.sample`` gives exactly those moments.
+``npdiff.processes.sampling.sample`` gives exactly those moments.
 """
 
 from __future__ import annotations
@@ -14,11 +14,13 @@ import warnings
 import numpy as np
 import pytest
 
-from npdiff import Diffusion, conditioning as C, sampling
-from npdiff.ddpm import EpsilonChain
-from npdiff.oracles import GaussianEpsilon, GaussianOracle
-from npdiff.schedules import Schedule
-from npdiff.sohl_dickstein import SohlDicksteinChain, make_model
+from npdiff import Diffusion
+
+from npdiff.processes import conditioning as C, sampling
+from npdiff.processes.ddpm import EpsilonChain
+from npdiff.processes.oracles import GaussianEpsilon, GaussianOracle
+from npdiff.processes.schedules import Schedule
+from npdiff.processes.sohl_dickstein import SohlDicksteinChain, make_model
 
 M = np.array([0.5, -0.3])
 S = np.array([[1.0, 0.8], [0.8, 1.0]])  # correlation 0.8: the free coordinate depends on the known one
@@ -180,7 +182,7 @@ def test_x_T_draws_the_modified_start_of_Eq_16():
     assert x[:, 0].var() == pytest.approx(1 - ab, rel=0.02)
 
 
-# ---- the wiring: sampling through npdiff.sampling.sample gives exactly those moments ------------------
+# ---- the wiring: sampling through npdiff.processes.sampling.sample gives exactly those moments ------------------
 
 @pytest.mark.parametrize("T, n", [(10, 40_000), (1000, 2000)])
 @pytest.mark.parametrize("method", C.METHODS)

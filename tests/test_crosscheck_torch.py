@@ -1,6 +1,6 @@
 """Cross-check against PyTorch autograd: the whole denoiser and the ε objective, gradient for gradient.
 
-The model is ``benchmarks/torch_reference.py``'s mirror of ``npdiff.models.Denoiser``, run in float64 with
+The model is ``benchmarks/torch_reference.py``'s mirror of ``npdiff.nn.denoiser.Denoiser``, run in float64 with
 npdiff's weights and frequencies; every parameter's dL/dθ from npdiff's hand-written backward must equal
 autograd's. Skipped without torch, except under NPDIFF_CROSSCHECK=1 (CI), where torch must be installed.
 """
@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from npdiff.ddpm import EpsilonObjective
-from npdiff.models import Denoiser
-from npdiff.schedules import Schedule
+from npdiff.processes.ddpm import EpsilonObjective
+from npdiff.nn.denoiser import Denoiser
+from npdiff.processes.schedules import Schedule
 
 ARCHITECTURES = [dict(hidden=16, n_blocks=2, emb_dim=8, layernorm=True, final_layernorm=True),
                  dict(hidden=12, n_blocks=1, emb_dim=6, layernorm=False, final_layernorm=False)]

@@ -23,15 +23,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from npdiff import Diffusion, backend, checkpoint, cli, data, ddpm, likelihood, metrics, sampling, train
-from npdiff.conditioning import Conditioned, exact_moments
-from npdiff.embeddings import TimestepEmbedding
-from npdiff.hybrid import HybridObjective
-from npdiff.models import Denoiser
-from npdiff.optim import EMA, AdamW, clip_grad_norm, grad_norm
-from npdiff.oracles import GaussianOracle
-from npdiff.schedules import Schedule
-from npdiff.sohl_dickstein import BoundObjective, SohlDicksteinChain
+from npdiff import Diffusion, backend, cli, data, metrics
+
+from npdiff.processes import ddpm, likelihood, sampling
+
+from npdiff.training import checkpoint, train
+from npdiff.processes.conditioning import Conditioned, exact_moments
+from npdiff.nn.embeddings import TimestepEmbedding
+from npdiff.processes.hybrid import HybridObjective
+from npdiff.nn.denoiser import Denoiser
+from npdiff.nn.optim import EMA, AdamW, clip_grad_norm, grad_norm
+from npdiff.processes.oracles import GaussianOracle
+from npdiff.processes.schedules import Schedule
+from npdiff.processes.sohl_dickstein import BoundObjective, SohlDicksteinChain
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = dict(hidden=16, n_blocks=1, emb_dim=8, layernorm=True, final_layernorm=True)
@@ -183,7 +187,7 @@ def test_fit_reads_back_at_its_checks_only_and_nothing_in_between(strict_cupy, c
     diffusion.fit(heart(), steps=30, batch_size=64, clip=1.0, ema=0.9, check_every=check_every, progress=False)
     sites = strict_cupy.TRANSFERS.sites()
     assert strict_cupy.TRANSFERS.count == -(-30 // check_every), sites  # one read per check: 0 per step between
-    assert len(sites) == 1 and next(iter(sites)).startswith("npdiff/train.py:"), sites  # all at the check
+    assert len(sites) == 1 and next(iter(sites)).startswith("npdiff/training/train.py:"), sites  # all at the check
 
 
 def test_labelled_training_and_guided_sampling_run_on_device_without_per_step_reads(device):

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from npdiff import ddpm, sampling
-from npdiff.gradcheck import check, rel_error, worst
-from npdiff.models import Denoiser
-from npdiff.schedules import Schedule
+from npdiff.processes import ddpm, sampling
+from npdiff.nn.gradcheck import check, rel_error, worst
+from npdiff.nn.denoiser import Denoiser
+from npdiff.processes.schedules import Schedule
 
 MEAN = np.array([1.0, -0.5])
 COV = np.array([[0.5, 0.2], [0.2, 0.3]])
@@ -165,7 +165,7 @@ class OracleAs:
     """The exact ε of Gaussian data, re-expressed as an x_0 or a v prediction."""
 
     def __init__(self, schedule, prediction):
-        from npdiff.oracles import GaussianEpsilon
+        from npdiff.processes.oracles import GaussianEpsilon
 
         self.eps, self.schedule, self.prediction = GaussianEpsilon(schedule, MEAN, COV), schedule, prediction
         self.data_dim, self.dtype = 2, np.dtype("float64")

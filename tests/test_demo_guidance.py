@@ -10,7 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from npdiff import EpsilonChain, Schedule, data, sampling
+from npdiff import EpsilonChain, Schedule, data
+
+from npdiff.processes import sampling
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "demos"))
 import guidance  # noqa: E402

@@ -11,8 +11,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from npdiff import Diffusion, Schedule, conditioning, idx
-from npdiff.oracles import GaussianOracle
+from npdiff import Diffusion, Schedule
+
+from npdiff.images import idx
+
+from npdiff.processes import conditioning
+from npdiff.processes.oracles import GaussianOracle
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "demos"))
 import inpainting  # noqa: E402

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from npdiff import cli, idx
+from npdiff import cli
+
+from npdiff.images import idx
 
 
 def write_tiny_dataset(root: Path, n_train: int = 48, n_test: int = 12) -> None:

@@ -41,7 +41,7 @@ def test_demo_rejects_invalid_flags(tmp_path, run_demo):
 def test_demo_exits_1_and_says_fail_when_a_gradient_is_wrong(tmp_path, monkeypatch, capsys):
     import importlib.util
 
-    from npdiff.models import Denoiser
+    from npdiff.nn.denoiser import Denoiser
 
     spec = importlib.util.spec_from_file_location("gradcheck_demo", DEMO)
     demo = importlib.util.module_from_spec(spec)

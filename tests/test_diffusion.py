@@ -65,8 +65,8 @@ def test_save_and_load_give_back_the_same_samples_and_bound(tmp_path, objective,
 
 
 def test_load_refuses_a_checkpoint_without_a_bundle(tmp_path):
-    from npdiff import checkpoint
-    from npdiff.models import Denoiser
+    from npdiff.training import checkpoint
+    from npdiff.nn.denoiser import Denoiser
 
     checkpoint.save(tmp_path / "plain.npz", Denoiser(2, **SMALL))
     with pytest.raises(ValueError, match="not a Diffusion checkpoint"):
@@ -85,7 +85,7 @@ def test_sampling_options_reach_the_sampler():
 
 def test_a_conditioned_sample_runs_the_conditioned_chain_from_the_ema_weights():
     from npdiff import backend
-    from npdiff.conditioning import Conditioned
+    from npdiff.processes.conditioning import Conditioned
 
     diffusion = Diffusion(2, T=10, **SMALL)
     diffusion.fit(np.random.default_rng(5).standard_normal((256, 2)), steps=20, batch_size=64, ema=0.9)

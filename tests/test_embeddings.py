@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from npdiff import gradcheck
-from npdiff.embeddings import SinusoidalEmbedding, TimestepEmbedding, frequencies
+from npdiff.nn import gradcheck
+from npdiff.nn.embeddings import SinusoidalEmbedding, TimestepEmbedding, frequencies
 
 
 def formula(x, size, scale):

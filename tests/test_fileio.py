@@ -12,8 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from npdiff import checkpoint, fileio
-from npdiff.models import Denoiser
+from npdiff.io import fileio
+
+from npdiff.training import checkpoint
+from npdiff.nn.denoiser import Denoiser
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -86,7 +88,7 @@ def test_a_writer_killed_mid_write_leaves_the_old_file_and_an_orphan_the_next_wr
     path = tmp_path / "model.npz"
     checkpoint.save(path, Denoiser(2, hidden=4, n_blocks=0, emb_dim=4))
     old = path.read_bytes()
-    code = ("import os, signal, sys\nfrom npdiff import fileio\n"
+    code = ("import os, signal, sys\nfrom npdiff.io import fileio\n"
             "with fileio.replacing(sys.argv[1]) as f:\n    f.write(b'x' * 10000)\n    f.flush()\n"
             "    os.kill(os.getpid(), signal.SIGKILL)\n")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))

@@ -8,11 +8,11 @@ import sys
 import numpy as np
 import pytest
 
-from npdiff import gradcheck
-from npdiff.embeddings import SinusoidalEmbedding
-from npdiff.layers import GELU, LayerNorm, Linear
-from npdiff.models import Denoiser
-from npdiff.optim import AdamW
+from npdiff.nn import gradcheck
+from npdiff.nn.embeddings import SinusoidalEmbedding
+from npdiff.nn.layers import GELU, LayerNorm, Linear
+from npdiff.nn.denoiser import Denoiser
+from npdiff.nn.optim import AdamW
 
 F64 = "float64"
 

@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from npdiff import gaussian
-from npdiff.gradcheck import numerical_gradient
+from npdiff.processes import gaussian
+from npdiff.nn.gradcheck import numerical_gradient
 
 
 def rel_error(a, n) -> float:

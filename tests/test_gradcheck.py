@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from npdiff import gradcheck
-from npdiff.layers import Linear, Tanh
+from npdiff.nn import gradcheck
+from npdiff.nn.layers import Linear, Tanh
 
 
 def test_rel_error_is_zero_for_equal_arrays_and_for_both_zero():

@@ -4,11 +4,17 @@ prediction (its conventions and its batched pass), label checks, and a 2-D model
 import numpy as np
 import pytest
 
-from npdiff import Diffusion, gradcheck, guidance, sampling, train
-from npdiff.ddpm import EpsilonChain, EpsilonObjective
-from npdiff.embeddings import LabelEmbedding
-from npdiff.models import Denoiser
-from npdiff.schedules import Schedule
+from npdiff import Diffusion
+
+from npdiff.nn import gradcheck
+
+from npdiff.processes import guidance, sampling
+
+from npdiff.training import train
+from npdiff.processes.ddpm import EpsilonChain, EpsilonObjective
+from npdiff.nn.embeddings import LabelEmbedding
+from npdiff.nn.denoiser import Denoiser
+from npdiff.processes.schedules import Schedule
 
 TINY = dict(hidden=8, n_blocks=2, emb_dim=4, time_emb_dim=6, dtype="float64")
 SCALED = {"scale_to_T": True}  # Ho et al.'s β range stretched to T = 50: x_T is noise

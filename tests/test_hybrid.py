@@ -3,9 +3,11 @@
 import numpy as np
 import pytest
 
-from npdiff import ddpm, gradcheck, hybrid, likelihood
-from npdiff.models import Denoiser
-from npdiff.schedules import Schedule
+from npdiff.nn import gradcheck
+
+from npdiff.processes import ddpm, hybrid, likelihood
+from npdiff.nn.denoiser import Denoiser
+from npdiff.processes.schedules import Schedule
 
 
 def test_learned_range_endpoints_are_beta_and_clipped_beta_tilde():

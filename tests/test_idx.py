@@ -1,4 +1,4 @@
-"""npdiff.idx: the IDX byte layout, its error messages, load_mnist, the download path (against a local
+"""npdiff.images.idx: the IDX byte layout, its error messages, load_mnist, the download path (against a local
 HTTP server on 127.0.0.1), the [−1, 1] image scaling, and the real Fashion-MNIST files when installed."""
 
 import functools
@@ -12,7 +12,7 @@ import threading
 import numpy as np
 import pytest
 
-from npdiff import idx
+from npdiff.images import idx
 
 DTYPES = {0x08: "uint8", 0x09: "int8", 0x0B: "int16", 0x0C: "int32", 0x0D: "float32", 0x0E: "float64"}
 

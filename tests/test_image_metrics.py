@@ -1,15 +1,19 @@
-"""npdiff.image_metrics: the Fréchet distance against closed forms and SciPy, the Gaussian fit, the class
+"""npdiff.images.quality: the Fréchet distance against closed forms and SciPy, the Gaussian fit, the class
 entropy, the 8-bit rule for images, and the judge's table (floor < fitted Gaussian < noise, one n per row)."""
 
 import io
 import math
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-from npdiff import classifier, idx, metrics
-from npdiff.image_metrics import (ImageJudge, PixelGaussian, as_vectors, class_entropy, fcd, frechet_distance,
+from npdiff import metrics
+
+from npdiff.images import classifier, idx
+from npdiff.images.quality import (ImageJudge, PixelGaussian, as_vectors, class_entropy, fcd, frechet_distance,
                                   gaussian_fit, predicted_class_entropy, sqrtm_psd)
 
 SMALL = {"hidden": (16, 8), "epochs": 4, "batch_size": 32, "lr": 3e-3}
@@ -165,8 +169,10 @@ def test_images_are_judged_as_their_8_bit_pictures():
         as_vectors(np.full((1, 6), np.nan), (2, 3))
 
 
-def test_metrics_re_exports_the_image_figure():
-    assert metrics.fcd is fcd and metrics.ImageJudge is ImageJudge and metrics.frechet_distance is frechet_distance
+def test_import_npdiff_loads_neither_the_image_judge_nor_the_command_line():
+    code = "import sys, npdiff; print(sorted(m for m in sys.modules if m.startswith(('npdiff.images', 'npdiff.cli'))))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"
 
 
 # ----------------------------------------------------------------------------- the judge on synthetic images

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from npdiff import idx, image_viz
+from npdiff.images import idx, image_viz
 
 
 def test_mosaic_places_each_image_in_its_cell_with_black_gaps():

@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from npdiff import gradcheck
-from npdiff.layers import (GELU, LayerNorm, Linear, Module, ReLU, Residual, Sequential, SiLU, Tanh,
+from npdiff.nn import gradcheck
+from npdiff.nn.layers import (GELU, LayerNorm, Linear, Module, ReLU, Residual, Sequential, SiLU, Tanh,
                            activation)
 
 F64 = "float64"
@@ -231,7 +231,7 @@ def test_backward_consumes_the_cache_so_a_second_backward_raises(kind):
 
 
 def test_the_denoiser_refuses_a_second_backward_without_a_new_forward():
-    from npdiff.models import Denoiser
+    from npdiff.nn.denoiser import Denoiser
 
     model = Denoiser(2, hidden=8, n_blocks=2, emb_dim=4, layernorm=True, final_layernorm=True, dtype=F64)
     x, t = np.zeros((600, 2)), np.repeat(np.arange(1, 7), 100)  # 600 rows: the per-timestep route as well

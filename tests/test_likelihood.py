@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from npdiff import ddpm, likelihood, oracles, sohl_dickstein as sd
-from npdiff.schedules import Schedule
+from npdiff.processes import ddpm, likelihood, oracles, sohl_dickstein as sd
+from npdiff.processes.schedules import Schedule
 
 LOG_2PIE_HALF = 0.5 * math.log(2 * math.pi * math.e)  # 1.418939 nats per dim
 

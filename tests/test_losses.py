@@ -1,4 +1,4 @@
-"""npdiff.losses: log-softmax stability, the cross-entropy's value and its backward against finite differences
+"""npdiff.nn.losses: log-softmax stability, the cross-entropy's value and its backward against finite differences
 and PyTorch, and one-line errors for bad labels."""
 
 import math
@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from npdiff import gradcheck
-from npdiff.losses import SoftmaxCrossEntropy, cross_entropy, log_softmax, softmax
+from npdiff.nn import gradcheck
+from npdiff.nn.losses import SoftmaxCrossEntropy, cross_entropy, log_softmax, softmax
 
 
 def rng(seed=0):

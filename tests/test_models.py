@@ -5,8 +5,8 @@ import itertools
 import numpy as np
 import pytest
 
-from npdiff import gradcheck
-from npdiff.models import Denoiser
+from npdiff.nn import gradcheck
+from npdiff.nn.denoiser import Denoiser
 
 TINY = dict(hidden=8, n_blocks=2, emb_dim=4, time_emb_dim=6, dtype="float64")
 
@@ -211,7 +211,7 @@ def test_the_default_route_depends_on_batch_size_and_repeated_timesteps():
 def test_first_layer_weights_are_those_of_the_plain_linear_on_the_concatenation():
     """Checkpoints stay loadable: ``inp.0.W`` is (D·E + Et, H), drawn exactly as Linear(D·E + Et, H) draws it."""
     from npdiff import backend
-    from npdiff.layers import Linear
+    from npdiff.nn.layers import Linear
 
     model = Denoiser(2, hidden=8, n_blocks=1, emb_dim=4, time_emb_dim=6, dtype="float64", seed=3)
     plain = Linear(2 * 4 + 6, 8, backend.default_rng(3), dtype="float64")

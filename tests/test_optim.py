@@ -5,10 +5,10 @@ import math
 import numpy as np
 import pytest
 
-from npdiff.flat import flatten
-from npdiff.layers import Linear
-from npdiff.models import Denoiser
-from npdiff.optim import EMA, Adam, AdamW, clip_grad_norm, constant_lr, cosine_lr, linear_decay_lr
+from npdiff.nn.flat import flatten
+from npdiff.nn.layers import Linear
+from npdiff.nn.denoiser import Denoiser
+from npdiff.nn.optim import EMA, Adam, AdamW, clip_grad_norm, constant_lr, cosine_lr, linear_decay_lr
 
 
 def toy(W=0.3, b=-0.2):
@@ -269,7 +269,7 @@ def test_ema_warmup_uses_the_smaller_decay_for_early_updates():
 
 
 def test_ema_updates_survive_a_checkpoint(tmp_path):
-    from npdiff import checkpoint
+    from npdiff.training import checkpoint
 
     lin = toy(W=1.0, b=-2.0)
     ema = EMA(lin, decay=0.99)

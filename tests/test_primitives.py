@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pytest
 
-from npdiff import primitives
+from npdiff.nn import primitives
 
 DTYPES = ["float32", "float64"]
 TOL = {"float32": dict(rtol=2e-6, atol=2e-6), "float64": dict(rtol=1e-13, atol=1e-13)}

@@ -16,7 +16,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 
-from npdiff import checkpoint, cli, data
+from npdiff import cli, data
+
+from npdiff.training import checkpoint
 
 # no example database: nothing is written into the checkout, and every run explores afresh
 FAST = settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])

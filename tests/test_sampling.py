@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from npdiff import sampling
-from npdiff.ddpm import EpsilonChain
-from npdiff.models import Denoiser
-from npdiff.oracles import GaussianEpsilon, GaussianOracle
-from npdiff.schedules import Schedule
-from npdiff.sohl_dickstein import SohlDicksteinChain, make_model
+from npdiff.processes import sampling
+from npdiff.processes.ddpm import EpsilonChain
+from npdiff.nn.denoiser import Denoiser
+from npdiff.processes.oracles import GaussianEpsilon, GaussianOracle
+from npdiff.processes.schedules import Schedule
+from npdiff.processes.sohl_dickstein import SohlDicksteinChain, make_model
 
 MEAN = np.array([1.0, -0.5])
 COV = np.array([[0.5, 0.2], [0.2, 0.3]])

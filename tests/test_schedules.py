@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from npdiff import gaussian, schedules
-from npdiff.schedules import ARRAY_NAMES, Schedule
+from npdiff.processes import gaussian, schedules
+from npdiff.processes.schedules import ARRAY_NAMES, Schedule
 
 NAMES = ["linear", "cosine", "sigmoid", "sohl_dickstein"]
 

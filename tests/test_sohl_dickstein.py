@@ -5,9 +5,11 @@ import math
 import numpy as np
 import pytest
 
-from npdiff import gradcheck, likelihood, optim, sampling, sohl_dickstein as sd
+from npdiff.nn import gradcheck, optim
+
+from npdiff.processes import likelihood, sampling, sohl_dickstein as sd
 from npdiff.data import standardize
-from npdiff.schedules import Schedule
+from npdiff.processes.schedules import Schedule
 
 LOG_2PIE_HALF = 0.5 * math.log(2 * math.pi * math.e)  # 1.418939 nats: −log N(0, 1)'s entropy per dim
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from npdiff import threads
+from npdiff.io import threads
 
 ROOT = Path(__file__).resolve().parents[1]
 PROBE = """
@@ -18,7 +18,7 @@ import json, sys
 import numpy  # loaded first, as `npdiff` loads it before the command line applies the policy
 if sys.argv[1] == "hide-threadpoolctl":
     sys.modules["threadpoolctl"] = None  # the ctypes route
-from npdiff import threads
+from npdiff.io import threads
 line = threads.apply_policy()
 libs = threads._openblas_libraries()
 import ctypes

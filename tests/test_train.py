@@ -10,10 +10,16 @@ import signal
 import numpy as np
 import pytest
 
-from npdiff import checkpoint, data, ddpm, fileio, metrics, progress, sampling, train
-from npdiff.models import Denoiser
-from npdiff.optim import EMA, AdamW, clip_grad_norm, cosine_lr, grad_norm
-from npdiff.schedules import Schedule
+from npdiff import data, metrics
+
+from npdiff.io import fileio, progress
+
+from npdiff.processes import ddpm, sampling
+
+from npdiff.training import checkpoint, train
+from npdiff.nn.denoiser import Denoiser
+from npdiff.nn.optim import EMA, AdamW, clip_grad_norm, cosine_lr, grad_norm
+from npdiff.processes.schedules import Schedule
 
 
 def small_model(dtype="float32", seed=0):

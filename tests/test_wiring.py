@@ -11,13 +11,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from npdiff import likelihood, sampling
-from npdiff.ddpm import EpsilonChain, EpsilonObjective
-from npdiff.hybrid import HybridObjective
-from npdiff.models import Denoiser
-from npdiff.oracles import GaussianOracle
-from npdiff.schedules import Schedule
-from npdiff.sohl_dickstein import BoundObjective, SohlDicksteinChain, make_model, reverse_kernel
+from npdiff.processes import likelihood, sampling
+from npdiff.processes.ddpm import EpsilonChain, EpsilonObjective
+from npdiff.processes.hybrid import HybridObjective
+from npdiff.nn.denoiser import Denoiser
+from npdiff.processes.oracles import GaussianOracle
+from npdiff.processes.schedules import Schedule
+from npdiff.processes.sohl_dickstein import BoundObjective, SohlDicksteinChain, make_model, reverse_kernel
 
 
 class Spy:

@@ -11,7 +11,7 @@ One file holds everything needed to sample from a model or to resume its trainin
     <group>/<key>                     named groups of arrays (the training loop keeps its batch order
                                       and its history there)
 
-Writing goes through ``npdiff.fileio.replacing`` (a temporary file in the same folder, fsync, rename),
+Writing goes through ``npdiff.io.fileio.replacing`` (a temporary file in the same folder, fsync, rename),
 so a crash or a full disk mid-write never leaves a truncated checkpoint or harms the previous one.
 Loading never unpickles and treats the file as untrusted: whatever its bytes, ``load`` and
 ``load_model`` either succeed or raise FileNotFoundError / ValueError with a message naming the file
@@ -29,9 +29,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from npdiff import backend, fileio
-from npdiff.models import Denoiser
-from npdiff.schedules import Schedule
+from npdiff import backend
+
+from npdiff.io import fileio
+from npdiff.nn.denoiser import Denoiser
+from npdiff.processes.schedules import Schedule
 
 FORMAT_VERSION = 1
 IGNORED_CONFIG = ("seed", "dtype")  # the init seed is overwritten; weights convert to the model's dtype

@@ -18,8 +18,8 @@ from __future__ import annotations
 import math
 
 from npdiff import backend
-from npdiff.layers import Module
-from npdiff.primitives import segment_sum
+from npdiff.nn.layers import Module
+from npdiff.nn.primitives import segment_sum
 
 
 def frequencies(size: int, dtype="float32"):
@@ -125,7 +125,7 @@ class LabelEmbedding(Module):
     """A learned vector per class label, with one extra row for "no label".  y (N,) -> e_y (N, H).
 
     ``W`` (K + 1, H): row k is class k's vector, row K (``null``) the unconditional one that training
-    uses for dropped labels and that classifier-free guidance contrasts with (``npdiff.guidance``).
+    uses for dropped labels and that classifier-free guidance contrasts with (``npdiff.processes.guidance``).
     A lookup is a Linear without bias on the one-hot label, e_y = onehot(y)·W, so its backward is
         dL/dW = onehot(y)ᵀ·dL/de = segment_sum(dL/de, y, K + 1)   (row k sums the rows labelled k).
     Initialised like that Linear, W ~ U(−1/√(K+1), 1/√(K+1)). The integer labels get no gradient.

@@ -7,7 +7,7 @@ Shape glossary: N training points, n samples, K classes.
 file). A class number is a whole number 0..K−1; K is ``--num-classes`` or the largest label + 1.
 ``sample`` and ``eval`` give each sample a class: ``--label K`` (all alike), ``--label balanced`` (sample
 i gets class i mod K), ``--label none`` (the unconditional model: every label dropped), or
-``--labels FILE.npy`` (one per sample); ``--guidance W`` steers towards the class (``npdiff.guidance``).
+``--labels FILE.npy`` (one per sample); ``--guidance W`` steers towards the class (``npdiff.processes.guidance``).
 Every problem is a ``UsageError`` naming the flag or file, the row and the value (exit status 2).
 """
 
@@ -17,8 +17,10 @@ import os
 
 import numpy as np
 
-from npdiff import backend, data, guidance
-from npdiff.cli_args import UsageError
+from npdiff import backend, data
+
+from npdiff.processes import guidance
+from npdiff.cli.args import UsageError
 
 MAX_CLASSES = 65_536  # a larger class number is a mistake (a label embedding of K + 1 rows is built)
 DEFAULT_DROPOUT = 0.1  # p of classifier-free guidance training (Ho & Salimans 2022 use 0.1 or 0.2)

@@ -18,7 +18,7 @@ with H_q(X_T|X_0) = D/2 log(2πe(1 − ᾱ_T)), H_q(X_1|X_0) = D/2 log(2πe β_1
 the last step fixed to p(x_0|x_1) = N(√(1 − β_1) x_1, β_1) (the paper's edge-effect choice). The three
 entropy terms equal the prior and t = 1 terms of the general decomposition only when E[x_0²] = 1 in every
 dimension, so Eq. 14 needs zero-mean, unit-second-moment data: standardise (``npdiff.data.standardize``)
-and report K in data coordinates as K − Σ_d log std_d (``npdiff.likelihood``).
+and report K in data coordinates as K − Σ_d log std_d (``npdiff.processes.likelihood``).
 Training minimises the unbiased Monte-Carlo estimate −K̂ = (T − 1)·KL_t − const with t ~ U{2..T} (the
 released code multiplies by T, which overweights the sum by T/(T − 1)).
 """
@@ -27,10 +27,12 @@ from __future__ import annotations
 
 import math
 
-from npdiff import backend, gaussian
-from npdiff.ddpm import check_out_dim, draw_inputs
-from npdiff.models import Denoiser
-from npdiff.schedules import DECODER_T, Schedule
+from npdiff import backend
+
+from npdiff.processes import gaussian
+from npdiff.processes.ddpm import check_out_dim, draw_inputs
+from npdiff.nn.denoiser import Denoiser
+from npdiff.processes.schedules import DECODER_T, Schedule
 
 
 def make_model(data_dim: int, zero_output: bool = True, **kwargs) -> Denoiser:
@@ -87,7 +89,7 @@ class SohlDicksteinChain:
     """The learned reverse chain, a reverse process: ``kernel(x_t, t)`` for t = 1..T, t = 1 the fixed last step.
 
     model: a Denoiser with 2·D outputs (``make_model``), trained on standardised data; schedule: its β's.
-    Sample it with ``npdiff.sampling.sample`` (as everywhere in npdiff the last step adds no noise: x_0 is
+    Sample it with ``npdiff.processes.sampling.sample`` (as everywhere in npdiff the last step adds no noise: x_0 is
     the mean √α_1 x_1 of the fixed last step, whose noise, std √β_1 = 0.16 at T = 40, would blur thin data).
     """
 

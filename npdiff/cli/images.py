@@ -7,7 +7,7 @@ and ``train-labels-idx1-ubyte``, gzipped or not) and trains on the vectors x = p
 (``idx.images_to_vectors``), conditioned on the folder's labels unless ``--no-labels``. ``npdiff sample``
 of such a checkpoint writes a grid of the images to ``--out x.png`` (an 8-bit greyscale PNG written with
 zlib, no imaging library), and ``npdiff eval CKPT FOLDER`` scores samples with ``ImageJudge``
-(``npdiff.image_metrics``: FCD, accuracy on the intended classes, predicted-class entropy, beside the
+(``npdiff.images.quality``: FCD, accuracy on the intended classes, predicted-class entropy, beside the
 baselines), its classifier cached in ``--judge-dir``.
 """
 
@@ -21,8 +21,10 @@ import zlib
 
 import numpy as np
 
-from npdiff import fileio, idx
-from npdiff.cli_args import UsageError
+from npdiff.images import idx
+
+from npdiff.io import fileio
+from npdiff.cli.args import UsageError
 
 GAP = 96  # the grey of the one-pixel lines between the tiles of a grid (black and white images both show it)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -133,8 +135,8 @@ def write_grid(path: str, vectors, shape: tuple[int, int], columns: int) -> None
 def load_judge(judge_dir: str, folder: str, shape: tuple[int, int], n: int, labels):
     """``ImageJudge.from_folder(judge_dir, folder)`` (the classifier trained on first use), checked against the
     samples to come before any is drawn: the images' shape, n against the held-out pool, the classes."""
-    from npdiff import classifier  # the classifier is needed by eval of images only
-    from npdiff.image_metrics import ImageJudge
+    from npdiff.images import classifier  # the classifier is needed by eval of images only
+    from npdiff.images.quality import ImageJudge
 
     missing = [stem for split in ("train", "test") for stem in idx.FILES[split] if idx.find_file(folder, stem) is None]
     if missing:

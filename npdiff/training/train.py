@@ -6,14 +6,14 @@ The loop knows nothing of diffusion: it drives an *objective*, any object with
 
     loss_and_backward(model, x0, rng) -> loss   # forward, loss, model.backward (adds into grads)
 
-(``npdiff.ddpm.EpsilonObjective``, the Sohl-Dickstein bound, …), whose loss is a 0-d backend array (or a
+(``npdiff.processes.ddpm.EpsilonObjective``, the Sohl-Dickstein bound, …), whose loss is a 0-d backend array (or a
 float). With class labels (``fit(..., labels=y)``) the objective also takes the batch's labels,
 ``loss_and_backward(model, x0, rng, y=y_batch)``; objectives that can, say so with ``takes_labels = True``. One step of ``train_step`` is
 
     zero_grad → loss_and_backward → ‖g‖ → clip ‖g‖ → optimizer → EMA
 
 and ``fit`` repeats it over shuffled minibatches, writing a checkpoint every ``checkpoint_every`` steps
-(atomically, ``npdiff.checkpoint``) so that a non-finite loss leaves the last good one in place.
+(atomically, ``npdiff.training.checkpoint``) so that a non-finite loss leaves the last good one in place.
 
 Host transfers. On a GPU, reading a number back (``float(loss)``) waits for the device and stalls the
 queue of work, so ``fit`` keeps each step's loss and ‖g‖ on the device and reads them back in blocks: one
@@ -42,11 +42,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from npdiff import backend, checkpoint
-from npdiff.guidance import check_labels
-from npdiff.optim import AdamW, clip_grad_norm, grad_norm
-from npdiff.progress import Progress
-from npdiff.safeguards import LastGoodState, check_checkpoint_path, deferred_signals
+from npdiff import backend
+
+from npdiff.training import checkpoint
+from npdiff.processes.guidance import check_labels
+from npdiff.nn.optim import AdamW, clip_grad_norm, grad_norm
+from npdiff.io.progress import Progress
+from npdiff.training.safeguards import LastGoodState, check_checkpoint_path, deferred_signals
 
 CHECK_EVERY = 100  # steps between host reads of the losses in ``fit`` (module docstring)
 
@@ -191,7 +193,7 @@ def fit(model, data, objective, *, steps: int, batch_size: int = 256, optimizer=
     """Train ``model`` on ``data`` (M, D) for ``steps`` steps in total; returns the History.
 
     labels: (M,) class labels 0..K−1 of a class-conditional model (``Denoiser(num_classes=K)``), batched
-    with their points and handed to the objective (which drops some for guidance, ``npdiff.guidance``).
+    with their points and handed to the objective (which drops some for guidance, ``npdiff.processes.guidance``).
 
     optimizer: ``optim.Adam``/``AdamW`` on the model (default AdamW, lr 1e-3, no weight decay). rng:
     the generator for batches and the objective's draws. lr_schedule: step -> lr (None keeps the
@@ -200,7 +202,7 @@ def fit(model, data, objective, *, steps: int, batch_size: int = 256, optimizer=
     ``checkpoint_every`` steps (None or 0: only at the end) and at the end; with ``resume=True`` and an
     existing file, training continues from it (model, optimizer, EMA, rng, batches, history) and
     reproduces the uninterrupted run exactly. progress: None shows the line on a terminal, and a line
-    every 15 s otherwise (``npdiff.progress``). schedule: stored in checkpoints (default
+    every 15 s otherwise (``npdiff.io.progress``). schedule: stored in checkpoints (default
     ``objective.schedule``); meta: extra JSON-able facts. handle_signals: checkpoint and raise
     ``TrainingInterrupted`` on SIGINT/SIGTERM (default: when there is a checkpoint path).
     check_every: steps between reading the losses and gradient norms back to the host (the NaN check,

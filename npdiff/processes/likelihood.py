@@ -1,7 +1,7 @@
 """Variational lower bounds on log p(x_0) for any trained chain: exact over t or Monte Carlo, with errors.
 
 Shape glossary: N points, D data dims, T steps, R rows of a (point, t) batch. A *process* is any reverse
-process (``npdiff.sampling``): an object with ``schedule`` and ``kernel(x_t, t) -> (mean, log_var)``, the
+process (``npdiff.processes.sampling``): an object with ``schedule`` and ``kernel(x_t, t) -> (mean, log_var)``, the
 reverse Gaussian p(x_{t−1}|x_t) for t = 1..T (t = 1 is the decoder p(x_0|x_1)); ``ddpm.EpsilonChain``,
 ``sohl_dickstein.SohlDicksteinChain`` and ``oracles.GaussianOracle`` are processes. p(x_T) = N(0, I) always.
 
@@ -27,9 +27,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from npdiff import backend, gaussian
-from npdiff.schedules import Schedule
-from npdiff.sohl_dickstein import BoundObjective, SohlDicksteinChain, entropy_constant
+from npdiff import backend
+
+from npdiff.processes import gaussian
+from npdiff.processes.schedules import Schedule
+from npdiff.processes.sohl_dickstein import BoundObjective, SohlDicksteinChain, entropy_constant
 
 LN2 = math.log(2.0)
 

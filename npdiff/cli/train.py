@@ -21,10 +21,18 @@ import sys
 
 import numpy as np
 
-from npdiff import backend, checkpoint, cli_images, cli_labels, data, idx, safeguards, streaming, train
-from npdiff.cli_args import UsageError
+from npdiff import backend, data
+
+from npdiff.cli import images as cli_images, labels as cli_labels
+
+from npdiff.images import idx
+
+from npdiff.io import streaming
+
+from npdiff.training import checkpoint, safeguards, train
+from npdiff.cli.args import UsageError
 from npdiff.diffusion import DEFAULT_VARIANCE, Diffusion
-from npdiff.optim import EMA, AdamW, cosine_lr
+from npdiff.nn.optim import EMA, AdamW, cosine_lr
 
 MODEL_FLAGS = {"hidden": "--hidden", "n_blocks": "--n-blocks", "emb_dim": "--emb-dim", "coord_scale": "--coord-scale",
                "data_dim": "the data's dimension", "out_dim": "--objective (output width)",

@@ -1,7 +1,7 @@
 """Adam and AdamW, global gradient-norm clipping, learning-rate schedules, and an EMA of the weights.
 
 Shape glossary: P, the number of scalar parameters; every array here is a (P,) flat buffer
-(``npdiff.flat``), so each update is a handful of vectorised calls whatever the model's depth.
+(``npdiff.nn.flat``), so each update is a handful of vectorised calls whatever the model's depth.
 
 Adam (Kingma & Ba 2015, Algorithm 1), step k with gradient g:
     m ← β1 m + (1 − β1) g,   v ← β2 v + (1 − β2) g²
@@ -16,8 +16,8 @@ from __future__ import annotations
 import math
 
 from npdiff import backend
-from npdiff.flat import flatten
-from npdiff.primitives import moving_average_
+from npdiff.nn.flat import flatten
+from npdiff.nn.primitives import moving_average_
 
 
 class Adam:

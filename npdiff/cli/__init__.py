@@ -32,11 +32,11 @@ import signal
 import sys
 import warnings
 
-from npdiff import threads
-from npdiff.cli_args import OBJECTIVES, UsageError, parser
-from npdiff.cli_sample import cmd_eval, cmd_sample
-from npdiff.cli_train import cmd_train
-from npdiff.train import CheckpointWriteError, NonFiniteLossError, TrainingInterrupted
+from npdiff.io import threads
+from npdiff.cli.args import OBJECTIVES, UsageError, parser
+from npdiff.cli.sample import cmd_eval, cmd_sample
+from npdiff.cli.train import cmd_train
+from npdiff.training.train import CheckpointWriteError, NonFiniteLossError, TrainingInterrupted
 
 __all__ = ["main", "parser", "OBJECTIVES", "UsageError"]
 EXIT_FAILURE, EXIT_USAGE = 1, 2

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from npdiff import backend
-from npdiff.schedules import Schedule
+from npdiff.processes.schedules import Schedule
 
 
 class GaussianEpsilon:

@@ -13,9 +13,9 @@ import math
 import os
 import re
 
-from npdiff.conditioning import METHODS as CONDITIONS
-from npdiff.ddpm import PREDICTIONS
-from npdiff.schedules import SCHEDULES
+from npdiff.processes.conditioning import METHODS as CONDITIONS
+from npdiff.processes.ddpm import PREDICTIONS
+from npdiff.processes.schedules import SCHEDULES
 
 OBJECTIVES = ("epsilon", "hybrid", "sohl_dickstein")
 VARIANCES = ("fixed_small", "fixed_large", "learned_range")

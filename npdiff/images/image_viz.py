@@ -15,8 +15,8 @@ import os
 
 import numpy as np
 
-from npdiff import idx
-from npdiff.viz import _matplotlib
+from npdiff.images import idx
+from npdiff.io.viz import _matplotlib
 
 
 def mosaic(vectors, shape: tuple[int, int], columns: int, scale: int = 1) -> np.ndarray:

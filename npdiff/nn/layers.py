@@ -11,7 +11,7 @@ parameters with dots ("1.fn.0.W").
 
 Every line is the textbook formula. Where the plain NumPy expression is slow at npdiff's sizes (a sum
 over the batch, a mean over features, the GELU) or unsafe (the sigmoid), the line calls a named
-primitive from ``npdiff.primitives`` whose docstring gives the plain formula and whose test proves the
+primitive from ``npdiff.nn.primitives`` whose docstring gives the plain formula and whose test proves the
 two equal. Products are written ``x.dot(W)``: the array method skips NumPy's dispatch layer, about
 0.3 µs a call (a tenth of a small layer's forward pass).
 """
@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 
 from npdiff import backend
-from npdiff.primitives import batch_sum, gelu_tanh_derivative, normal_cdf_tanh, row_mean, sigmoid
+from npdiff.nn.primitives import batch_sum, gelu_tanh_derivative, normal_cdf_tanh, row_mean, sigmoid
 
 
 class Module:

@@ -1,7 +1,7 @@
 """What keeps a training run safe: the last good state to fall back to, SIGINT/SIGTERM deferred to the end of
-a step, and a checkpoint path checked before the first step is spent (``npdiff.train.fit`` uses all three).
+a step, and a checkpoint path checked before the first step is spent (``npdiff.training.train.fit`` uses all three).
 
-Shape glossary: P, the number of scalar parameters (flat buffers, ``npdiff.flat``).
+Shape glossary: P, the number of scalar parameters (flat buffers, ``npdiff.nn.flat``).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import os
 import signal
 import threading
 
-from npdiff import fileio
+from npdiff.io import fileio
 
 
 class LastGoodState:

@@ -8,7 +8,7 @@ samples go to disk chunk by chunk through one atomic write. Problems found up fr
 
 All calls into the library's chains, sampler and bounds sit in ``_max_gain``, ``_chain``, ``_draw_chunk`` and
 ``_bound_chunk``. ``--given``/``--observed`` (``load_condition``) sample the chain conditioned by
-``npdiff.conditioning.Conditioned`` (Sohl-Dickstein et al. 2015, §2.5; docs/conditioning.md).
+``npdiff.processes.conditioning.Conditioned`` (Sohl-Dickstein et al. 2015, §2.5; docs/conditioning.md).
 ``--label``/``--labels``/``--guidance`` (``cli_labels``) give a class-conditional model's samples their classes
 and the guidance scale. A model of images (``cli_images``) samples with x̂_0 clipped to the pixel range
 [−1, 1] unless ``--clip-x0`` says otherwise, writes a PNG grid for ``--out x.png``, and ``eval`` of an
@@ -23,14 +23,17 @@ import time
 
 import numpy as np
 
-from npdiff import (backend, checkpoint, cli_images, cli_labels, conditioning, data, fileio, likelihood, sampling,
-                    streaming)
-from npdiff.cli_args import OBJECTIVES, UsageError
-from npdiff.cli_train import load_data
+from npdiff import backend, data
+from npdiff.cli import images as cli_images, labels as cli_labels
+from npdiff.io import fileio, streaming
+from npdiff.processes import conditioning, likelihood, sampling
+from npdiff.training import checkpoint
+from npdiff.cli.args import OBJECTIVES, UsageError
+from npdiff.cli.train import load_data
 from npdiff.diffusion import DEFAULT_VARIANCE
-from npdiff.ddpm import EpsilonChain
-from npdiff.progress import Progress
-from npdiff.sohl_dickstein import SohlDicksteinChain
+from npdiff.processes.ddpm import EpsilonChain
+from npdiff.io.progress import Progress
+from npdiff.processes.sohl_dickstein import SohlDicksteinChain
 
 LN2 = math.log(2.0)
 MAX_GAIN = 10.0  # the largest error gain of a sampling step that runs without --clip-x0

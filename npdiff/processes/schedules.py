@@ -2,7 +2,7 @@
 
 Shapes: T number of diffusion steps; N batch; D data dimensions. A ``Schedule`` stores every derived
 array with length T+1, indexed by the paper's t, so ``alpha_bar[t]`` is ᾱ_t and entry 0 holds t = 0
-(β_0 = 0, α_0 = 1, ᾱ_0 = 1). The β values themselves come from ``npdiff.betas``.
+(β_0 = 0, α_0 = 1, ᾱ_0 = 1). The β values themselves come from ``npdiff.processes.betas``.
 
 Equations (Ho et al. 2020, "DDPM", Eqs. 2-7; Sohl-Dickstein et al. 2015, Sec. 2):
     q(x_t | x_{t-1}) = N(√α_t x_{t-1}, β_t I),          α_t = 1 − β_t
@@ -35,7 +35,7 @@ import math
 import numpy as np
 
 from npdiff import backend
-from npdiff.betas import SCHEDULES, check_T, make_betas
+from npdiff.processes.betas import SCHEDULES, check_T, make_betas
 
 ARRAY_NAMES = (
     "betas", "alphas", "alpha_bar", "alpha_bar_prev", "sqrt_alpha_bar", "sqrt_one_minus_alpha_bar",

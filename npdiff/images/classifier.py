@@ -6,11 +6,11 @@ H1, H2 hidden widths, F = the last hidden width (the penultimate features), K cl
     features(x) = act(act(x W1 + b1) W2 + b2)       (N, F)   the "penultimate layer"
     logits(x)   = features(x) W3 + b3               (N, K)
 
-Trained with the softmax cross-entropy of ``npdiff.losses`` and AdamW, the learning rate decaying on a
+Trained with the softmax cross-entropy of ``npdiff.nn.losses`` and AdamW, the learning rate decaying on a
 cosine from ``lr`` to 0. ``load_or_train`` caches the trained classifier as one .npz in the caller's
 output folder, with a JSON ``meta`` recording the data set (its folder, file sizes and a SHA-256 of the
 decoded arrays), the architecture, the training settings, the seed and the test accuracy. The file is
-written atomically (``npdiff.fileio``: a temporary file in the same folder, then ``os.replace``) and read
+written atomically (``npdiff.io.fileio``: a temporary file in the same folder, then ``os.replace``) and read
 with ``allow_pickle=False``; a cache trained on other data or with other settings is retrained.
 """
 
@@ -24,10 +24,14 @@ import time
 
 import numpy as np
 
-from npdiff import backend, fileio, idx
-from npdiff.layers import Linear, Sequential, activation
-from npdiff.losses import SoftmaxCrossEntropy, check_labels
-from npdiff.optim import AdamW, cosine_lr
+from npdiff import backend
+
+from npdiff.images import idx
+
+from npdiff.io import fileio
+from npdiff.nn.layers import Linear, Sequential, activation
+from npdiff.nn.losses import SoftmaxCrossEntropy, check_labels
+from npdiff.nn.optim import AdamW, cosine_lr
 
 FORMAT = "npdiff-classifier"
 VERSION = 1

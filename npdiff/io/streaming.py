@@ -2,7 +2,7 @@
 
 ``npdiff sample`` and ``npdiff eval`` use these so that their memory does not grow with ``--n``: points
 are drawn or evaluated ``chunk`` at a time, samples go to disk as each chunk is ready (through an atomic
-``npdiff.fileio.replacing`` write, so a failure leaves the previous file), and statistics are merged
+``npdiff.io.fileio.replacing`` write, so a failure leaves the previous file), and statistics are merged
 chunk by chunk (``RunningMean``) instead of keeping one value per point.
 
 Shape glossary: N points in all, C points in a chunk, D data dims.
@@ -17,7 +17,7 @@ import shutil
 
 import numpy as np
 
-from npdiff import fileio
+from npdiff.io import fileio
 
 POINT_FORMATS = (".npy", ".csv")
 CSV_FORMAT = "%.17g"  # round-trips every float64, so .csv and .npy hold the same numbers

@@ -37,7 +37,9 @@ from typing import Callable
 
 import numpy as np
 
-from npdiff import backend, data, sampling
+from npdiff import backend, data
+
+from npdiff.processes import sampling
 
 METHODS = ("paper", "replace")
 
@@ -117,7 +119,7 @@ def product(mean, var, m, v, extra=0.0):
 
 
 class Conditioned:
-    """A reverse process whose every step is multiplied by r_t (Eq. 22), for ``npdiff.sampling.sample``.
+    """A reverse process whose every step is multiplied by r_t (Eq. 22), for ``npdiff.processes.sampling.sample``.
 
     process: any reverse process (``EpsilonChain`` with any variance, ``SohlDicksteinChain``, an oracle).
     given / observed / noise_std: the factor r (``factor``), in the process's (model) coordinates.

@@ -14,12 +14,12 @@ O output channels (D for ε-prediction, 2·D for a mean and a variance per dim),
 
 A class-conditional denoiser (``num_classes`` = K) adds a learned vector per label e_y (N, H) to the
 first layer's pre-activation (``embeddings.LabelEmbedding``; y = K, or y omitted, is "no label", the
-unconditional model of classifier-free guidance, ``npdiff.guidance``). ``input_skip`` adds a Linear map
+unconditional model of classifier-free guidance, ``npdiff.processes.guidance``). ``input_skip`` adds a Linear map
 of x_t itself to the output, a long skip around the MLP (for ε- and v-prediction the target is close
 to a linear function of x_t at large t).
 
 Initialisation: every Linear as PyTorch's default, W and b ~ U(−1/√fan_in, 1/√fan_in); LayerNorm
-γ = 1, β = 0. Parameters live in one contiguous buffer (``npdiff.flat``), in the dtype chosen here.
+γ = 1, β = 0. Parameters live in one contiguous buffer (``npdiff.nn.flat``), in the dtype chosen here.
 
 The first layer, ``EmbeddingLinear``, is the Linear on the concatenation [h_x, h_t] (``inp.0.W`` has
 F + Et rows); for a large batch with few distinct timesteps it computes the timestep half once per
@@ -29,10 +29,10 @@ timestep, which gives the same numbers with less work.
 from __future__ import annotations
 
 from npdiff import backend
-from npdiff.embeddings import LabelEmbedding, SinusoidalEmbedding, TimestepEmbedding
-from npdiff.flat import flatten
-from npdiff.layers import LayerNorm, Linear, Module, Residual, Sequential, activation as make_activation
-from npdiff.primitives import batch_sum, segment_sum, unique_inverse
+from npdiff.nn.embeddings import LabelEmbedding, SinusoidalEmbedding, TimestepEmbedding
+from npdiff.nn.flat import flatten
+from npdiff.nn.layers import LayerNorm, Linear, Module, Residual, Sequential, activation as make_activation
+from npdiff.nn.primitives import batch_sum, segment_sum, unique_inverse
 
 
 class EmbeddingLinear(Linear):

@@ -1,7 +1,7 @@
 """DDPM (Ho et al. 2020): the denoising objective and the reverse process of a model parameterised through ε.
 
 Shape glossary: N batch, D data dims, T diffusion steps. The forward process (q_sample, the posterior,
-x̂_0, the timesteps) belongs to ``npdiff.schedules.Schedule``; sampling to ``npdiff.sampling``.
+x̂_0, the timesteps) belongs to ``npdiff.processes.schedules.Schedule``; sampling to ``npdiff.processes.sampling``.
 
     L_simple = mean_{n,d} (ε_θ(x_t, t) − ε)²,  x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε         (DDPM Eq. 14)
         dL/dε_θ = 2(ε_θ − ε)/(N·D)
@@ -22,8 +22,8 @@ The names: ``noise`` is the true ε drawn by the forward process; ``eps_theta`` 
 from __future__ import annotations
 
 from npdiff import backend
-from npdiff.guidance import check_labels, drop_labels, guide
-from npdiff.schedules import Schedule
+from npdiff.processes.guidance import check_labels, drop_labels, guide
+from npdiff.processes.schedules import Schedule
 
 VARIANCES = ("fixed_small", "fixed_large", "learned_range")
 PREDICTIONS = ("eps", "x0", "v")  # what the network outputs
@@ -91,7 +91,7 @@ class EpsilonObjective:
     prediction: what f predicts, "eps" (DDPM), "x0" or "v"; min_snr_gamma: None (uniform weights, L_simple)
     or γ of the min-SNR-γ weighting (Hang et al. use 5). A class-conditional model (``Denoiser(num_classes=K)``)
     takes the batch's labels ``y``; each is replaced by "no label" with probability ``label_dropout``
-    (classifier-free guidance's training, ``npdiff.guidance``).
+    (classifier-free guidance's training, ``npdiff.processes.guidance``).
     """
 
     out_factor = 1  # the model predicts one target: D outputs
@@ -176,10 +176,10 @@ class EpsilonChain:
     learned-range model (its variance half is ignored), which separates the mean's and the variance's
     share of the bound. clip_x0: None, or (lo, hi) to clip x̂_0 to the data's range before the mean is
     formed. max_gain: the sampler refuses an unclipped chain whose steps amplify ε_θ's error more than
-    this (``npdiff.sampling``); None turns the check off. labels: for a class-conditional model, the
+    this (``npdiff.processes.sampling``); None turns the check off. labels: for a class-conditional model, the
     class of each of the N samples (N,) (checked where they enter, ``guidance.sample_labels``), or None
     for the unconditional model; guidance: w of classifier-free guidance, f̃ = (1 + w) f_c − w f_∅ on
-    the network's prediction (``npdiff.guidance``; the variance half stays the conditional one's).
+    the network's prediction (``npdiff.processes.guidance``; the variance half stays the conditional one's).
     """
 
     predicts_eps = True  # DDIM can step this chain, and its error gain is checked before sampling
@@ -188,7 +188,7 @@ class EpsilonChain:
                  max_gain: float | None = 10.0, prediction: str = "eps", labels=None, guidance: float = 0.0) -> None:
         if variance not in VARIANCES:
             raise ValueError(f"unknown variance {variance!r}; choose one of {', '.join(VARIANCES)}")
-        config = getattr(model, "config", None)  # oracles (npdiff.oracles.GaussianEpsilon) have none
+        config = getattr(model, "config", None)  # oracles (npdiff.processes.oracles.GaussianEpsilon) have none
         if config is not None:
             if variance == "learned_range":
                 check_out_dim(model, 2, "the learned-range variance")

@@ -1,7 +1,7 @@
 """β schedules: the T values β_1..β_T of each named noise schedule, checked to lie strictly in (0, 1).
 
 Shape glossary: T number of diffusion steps. Every function returns a float64 NumPy array of shape (T,)
-holding β_1..β_T; ``npdiff.schedules.Schedule`` turns it into the forward process, indexed by the paper's t.
+holding β_1..β_T; ``npdiff.processes.schedules.Schedule`` turns it into the forward process, indexed by the paper's t.
 
 Schedules: ``linear`` (Ho et al. 2020, Sec. 4), ``cosine`` (Nichol & Dhariwal 2021, Eq. 17), ``sigmoid``
 (GeoDiff / DPM code), ``sohl_dickstein`` (β_t = 1/(T − t + 1), Sohl-Dickstein et al. 2015, App. D) and
@@ -10,7 +10,7 @@ Schedules: ``linear`` (Ho et al. 2020, Sec. 4), ``cosine`` (Nichol & Dhariwal 20
 Every β is required to lie strictly inside (0, 1). The cosine schedule and ``sohl_dickstein`` reach
 β_T = 0.999 (their cap): then √α_T ≈ 0.0316 and ᾱ_T ≈ 0, so the plain ancestral step
 x_{T−1} = (x_T − β_T/√(1−ᾱ_T) ε_θ)/√α_T stays finite but multiplies the network's error by ~30; the
-sampler handles that (``npdiff.sampling``), not this module.
+sampler handles that (``npdiff.processes.sampling``), not this module.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ Shape glossary: N samples, D data dims, T diffusion steps, K recorded states of 
 A *reverse process* (a chain) is any object with ``schedule``, ``data_dim``, ``dtype`` and
 ``kernel(x_t, t) -> (mean, log_var)``, both (N, D): the Gaussian p(x_{t−1}|x_t) for t = 1..T. The
 ε-model chain (``ddpm.EpsilonChain``, any variance), the Sohl-Dickstein chain
-(``sohl_dickstein.SohlDicksteinChain``) and the oracles (``npdiff.oracles``) are reverse processes.
+(``sohl_dickstein.SohlDicksteinChain``) and the oracles (``npdiff.processes.oracles``) are reverse processes.
 
     ancestral: x_T ~ N(0, I);  x_{t−1} = μ_θ(x_t, t) + σ_θ(x_t, t) z,  z ~ N(0, I), for t = T..1,
                and no noise at the last step: x_0 = μ_θ(x_1, 1)                   (DDPM Algorithm 2)
@@ -27,7 +27,7 @@ import math
 import numpy as np
 
 from npdiff import backend
-from npdiff.schedules import DECODER_T
+from npdiff.processes.schedules import DECODER_T
 
 SAMPLERS = ("ancestral", "ddim")
 

@@ -1,4 +1,4 @@
-"""Image-quality figures for MNIST-format images, judged by a classifier (``npdiff.classifier``).
+"""Image-quality figures for MNIST-format images, judged by a classifier (``npdiff.images.classifier``).
 
 Shape glossary: N images judged, R reference images, D = H·W pixels, F penultimate features, K classes.
 
@@ -28,9 +28,11 @@ import sys
 
 import numpy as np
 
-from npdiff import backend, idx
-from npdiff.classifier import Classifier, load_data, load_or_train
-from npdiff.losses import check_labels
+from npdiff import backend
+
+from npdiff.images import idx
+from npdiff.images.classifier import Classifier, load_data, load_or_train
+from npdiff.nn.losses import check_labels
 
 PSD_TOLERANCE = 1e-9  # an eigenvalue below −tol·max|λ| means the matrix was not PSD, not rounding error
 
@@ -121,7 +123,7 @@ def predicted_class_entropy(classifier: Classifier, images) -> float:
 def _shape(classifier: Classifier) -> tuple[int, int]:
     shape = classifier.config["image_shape"]
     if shape is None:
-        raise ValueError("the classifier records no image_shape: train it through npdiff.classifier.train(..., "
+        raise ValueError("the classifier records no image_shape: train it through npdiff.images.classifier.train(..., "
                          "image_shape=(H, W))")
     return tuple(shape)
 
