@@ -47,9 +47,7 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 import numpy as np  # noqa: E402
 
 from npdiff import backend, data
-
 from npdiff.processes import ddpm
-
 from npdiff.training import train  # noqa: E402
 from npdiff.nn.denoiser import Denoiser  # noqa: E402
 from npdiff.nn.optim import AdamW  # noqa: E402

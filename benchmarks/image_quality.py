@@ -22,7 +22,6 @@ import time
 import numpy as np
 
 from npdiff.images import idx
-
 from npdiff.io import fileio, threads
 from npdiff.images.quality import ImageJudge
 

@@ -34,11 +34,8 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from npdiff import data
-
 from npdiff.nn import optim
-
 from npdiff.processes import ddpm, hybrid, likelihood, sohl_dickstein as sd
-
 from npdiff.training import checkpoint, train  # noqa: E402
 from npdiff.processes.ddpm import EpsilonObjective  # noqa: E402
 from npdiff.nn.denoiser import Denoiser  # noqa: E402

@@ -37,13 +37,9 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 
 from npdiff import backend
-
 from npdiff.images import idx
-
 from npdiff.io import threads
-
 from npdiff.processes import ddpm, sampling
-
 from npdiff.training import checkpoint, train  # noqa: E402
 from npdiff.images.quality import ImageJudge  # noqa: E402
 from npdiff.nn.denoiser import Denoiser  # noqa: E402

@@ -34,9 +34,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import numpy as np  # noqa: E402
 
 from npdiff import backend, data
-
 from npdiff.processes import ddpm, sampling
-
 from npdiff.training import train  # noqa: E402
 from npdiff.nn.layers import Linear  # noqa: E402
 from npdiff.nn.denoiser import Denoiser  # noqa: E402

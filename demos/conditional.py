@@ -31,9 +31,7 @@ import time
 import numpy as np
 
 from npdiff import Diffusion, EpsilonChain, Schedule, backend, data
-
 from npdiff.io import fileio, threads
-
 from npdiff.processes import conditioning, likelihood
 from npdiff.processes.oracles import GaussianEpsilon, GaussianOracle
 

@@ -19,7 +19,6 @@ import time
 import numpy as np
 
 from npdiff.io import fileio, threads
-
 from npdiff.nn import gradcheck
 from npdiff.nn.layers import ACTIVATIONS
 from npdiff.nn.denoiser import Denoiser

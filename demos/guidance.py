@@ -35,9 +35,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from npdiff import Diffusion, EpsilonChain, backend, data
-
 from npdiff.io import fileio, threads
-
 from npdiff.processes import sampling
 
 K = 8  # labels: the mixture's components

@@ -20,9 +20,7 @@ import time
 import numpy as np
 
 from npdiff import AdamW, Diffusion, backend, cosine_lr, data, metrics
-
 from npdiff.io import fileio, threads, viz
-
 from npdiff.processes import sampling
 
 # chosen by measured Chamfer per second on a 2-core CPU (see the README's table)

@@ -44,11 +44,8 @@ import time
 import numpy as np
 
 from npdiff import Diffusion, backend
-
 from npdiff.images import idx, image_viz
-
 from npdiff.io import fileio, threads
-
 from npdiff.processes import conditioning, sampling
 from npdiff.images.classifier import CACHE_NAME
 from npdiff.images.quality import ImageJudge, class_accuracy

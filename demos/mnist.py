@@ -34,9 +34,7 @@ import time
 import numpy as np
 
 from npdiff import Diffusion
-
 from npdiff.images import idx, image_viz
-
 from npdiff.io import fileio, threads, viz
 from npdiff.images.quality import ImageJudge, format_table
 

@@ -27,13 +27,9 @@ import sys
 import numpy as np
 
 from npdiff import data
-
 from npdiff.io import fileio, threads
-
 from npdiff.nn import optim
-
 from npdiff.processes import likelihood, sampling, sohl_dickstein as sd
-
 from npdiff.training import train
 from npdiff.processes.schedules import Schedule
 

@@ -26,9 +26,7 @@ from __future__ import annotations
 import numpy as np
 
 from npdiff import backend
-
 from npdiff.processes import conditioning, likelihood, sampling
-
 from npdiff.training import checkpoint, train
 from npdiff.processes.ddpm import EpsilonChain, EpsilonObjective
 from npdiff.processes.guidance import sample_labels

@@ -10,9 +10,7 @@ import numpy as np
 import pytest
 
 from npdiff.io import fileio
-
 from npdiff.processes import ddpm
-
 from npdiff.training import checkpoint, train
 from npdiff.nn.denoiser import Denoiser
 from npdiff.nn.optim import EMA, AdamW, cosine_lr

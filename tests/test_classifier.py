@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from npdiff.images import classifier, idx
-
 from npdiff.nn import gradcheck
 from npdiff.images.classifier import Classifier
 from npdiff.nn.losses import SoftmaxCrossEntropy

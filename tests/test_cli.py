@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 
 from npdiff import cli
-
 from npdiff.training import checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -16,9 +16,7 @@ import numpy as np
 import pytest
 
 from npdiff import cli
-
 from npdiff.io import fileio, streaming
-
 from npdiff.training import checkpoint
 
 TINY = ["--hidden", "8", "--n-blocks", "1", "--emb-dim", "8", "--coord-scale", "1"]

@@ -16,9 +16,7 @@ import numpy as np
 import pytest
 
 from npdiff import cli
-
 from npdiff.images import idx
-
 from npdiff.training import checkpoint
 
 TINY = ["--hidden", "16", "--n-blocks", "1", "--emb-dim", "8", "--T", "20", "--steps", "20", "--batch-size", "32"]

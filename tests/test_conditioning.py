@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 
 from npdiff import Diffusion
-
 from npdiff.processes import conditioning as C, sampling
 from npdiff.processes.ddpm import EpsilonChain
 from npdiff.processes.oracles import GaussianEpsilon, GaussianOracle

@@ -24,9 +24,7 @@ import numpy as np
 import pytest
 
 from npdiff import Diffusion, backend, cli, data, metrics
-
 from npdiff.processes import ddpm, likelihood, sampling
-
 from npdiff.training import checkpoint, train
 from npdiff.processes.conditioning import Conditioned, exact_moments
 from npdiff.nn.embeddings import TimestepEmbedding

@@ -34,7 +34,7 @@ def rel_error(got, want) -> float:
     return float((np.abs(got - want) / np.maximum(np.abs(want), FLOOR * np.abs(want).max())).max())
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture()
 def library():
     """npdiff's heart model rebuilt in float64 (its config read from demos/heart.py), its schedule and variance,
     and the demo's params holding the same weights."""

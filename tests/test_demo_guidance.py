@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from npdiff import EpsilonChain, Schedule, data
-
 from npdiff.processes import sampling
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "demos"))

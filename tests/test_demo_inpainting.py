@@ -12,9 +12,7 @@ import numpy as np
 import pytest
 
 from npdiff import Diffusion, Schedule
-
 from npdiff.images import idx
-
 from npdiff.processes import conditioning
 from npdiff.processes.oracles import GaussianOracle
 

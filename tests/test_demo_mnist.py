@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 
 from npdiff import cli
-
 from npdiff.images import idx
 
 

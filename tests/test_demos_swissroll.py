@@ -5,7 +5,6 @@ import json
 import numpy as np
 
 from npdiff import data
-
 from npdiff.processes import likelihood
 from npdiff.processes.schedules import Schedule
 from npdiff.processes.sohl_dickstein import SohlDicksteinChain, make_model

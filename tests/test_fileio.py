@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 from npdiff.io import fileio
-
 from npdiff.training import checkpoint
 from npdiff.nn.denoiser import Denoiser
 

@@ -5,11 +5,8 @@ import numpy as np
 import pytest
 
 from npdiff import Diffusion
-
 from npdiff.nn import gradcheck
-
 from npdiff.processes import guidance, sampling
-
 from npdiff.training import train
 from npdiff.processes.ddpm import EpsilonChain, EpsilonObjective
 from npdiff.nn.embeddings import LabelEmbedding

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 
 from npdiff.nn import gradcheck
-
 from npdiff.processes import ddpm, hybrid, likelihood
 from npdiff.nn.denoiser import Denoiser
 from npdiff.processes.schedules import Schedule

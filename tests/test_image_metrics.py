@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from npdiff import metrics
-
 from npdiff.images import classifier, idx
 from npdiff.images.quality import (ImageJudge, PixelGaussian, as_vectors, class_entropy, fcd, frechet_distance,
                                   gaussian_fit, predicted_class_entropy, sqrtm_psd)

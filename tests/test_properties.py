@@ -17,7 +17,6 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 
 from npdiff import cli, data
-
 from npdiff.training import checkpoint
 
 # no example database: nothing is written into the checkout, and every run explores afresh

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from npdiff.nn import gradcheck, optim
-
 from npdiff.processes import likelihood, sampling, sohl_dickstein as sd
 from npdiff.data import standardize
 from npdiff.processes.schedules import Schedule

@@ -11,11 +11,8 @@ import numpy as np
 import pytest
 
 from npdiff import data, metrics
-
 from npdiff.io import fileio, progress
-
 from npdiff.processes import ddpm, sampling
-
 from npdiff.training import checkpoint, train
 from npdiff.nn.denoiser import Denoiser
 from npdiff.nn.optim import EMA, AdamW, clip_grad_norm, cosine_lr, grad_norm

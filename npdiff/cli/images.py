@@ -22,7 +22,6 @@ import zlib
 import numpy as np
 
 from npdiff.images import idx
-
 from npdiff.io import fileio
 from npdiff.cli.args import UsageError
 

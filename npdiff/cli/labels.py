@@ -18,7 +18,6 @@ import os
 import numpy as np
 
 from npdiff import backend, data
-
 from npdiff.processes import guidance
 from npdiff.cli.args import UsageError
 

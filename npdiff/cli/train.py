@@ -22,13 +22,9 @@ import sys
 import numpy as np
 
 from npdiff import backend, data
-
 from npdiff.cli import images as cli_images, labels as cli_labels
-
 from npdiff.images import idx
-
 from npdiff.io import streaming
-
 from npdiff.training import checkpoint, safeguards, train
 from npdiff.cli.args import UsageError
 from npdiff.diffusion import DEFAULT_VARIANCE, Diffusion

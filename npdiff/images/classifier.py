@@ -25,9 +25,7 @@ import time
 import numpy as np
 
 from npdiff import backend
-
 from npdiff.images import idx
-
 from npdiff.io import fileio
 from npdiff.nn.layers import Linear, Sequential, activation
 from npdiff.nn.losses import SoftmaxCrossEntropy, check_labels

@@ -29,7 +29,6 @@ import sys
 import numpy as np
 
 from npdiff import backend
-
 from npdiff.images import idx
 from npdiff.images.classifier import Classifier, load_data, load_or_train
 from npdiff.nn.losses import check_labels

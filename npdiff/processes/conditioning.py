@@ -38,7 +38,6 @@ from typing import Callable
 import numpy as np
 
 from npdiff import backend, data
-
 from npdiff.processes import sampling
 
 METHODS = ("paper", "replace")

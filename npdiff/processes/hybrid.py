@@ -21,7 +21,6 @@ from __future__ import annotations
 import math
 
 from npdiff import backend
-
 from npdiff.processes import gaussian
 from npdiff.processes.ddpm import check_out_dim, draw_inputs, learned_range_log_var, learned_range_log_var_backward
 from npdiff.processes.schedules import Schedule

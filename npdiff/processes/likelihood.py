@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from npdiff import backend
-
 from npdiff.processes import gaussian
 from npdiff.processes.schedules import Schedule
 from npdiff.processes.sohl_dickstein import BoundObjective, SohlDicksteinChain, entropy_constant

@@ -28,7 +28,6 @@ from __future__ import annotations
 import math
 
 from npdiff import backend
-
 from npdiff.processes import gaussian
 from npdiff.processes.ddpm import check_out_dim, draw_inputs
 from npdiff.nn.denoiser import Denoiser

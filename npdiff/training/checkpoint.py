@@ -30,7 +30,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from npdiff import backend
-
 from npdiff.io import fileio
 from npdiff.nn.denoiser import Denoiser
 from npdiff.processes.schedules import Schedule

@@ -43,7 +43,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from npdiff import backend
-
 from npdiff.training import checkpoint
 from npdiff.processes.guidance import check_labels
 from npdiff.nn.optim import AdamW, clip_grad_norm, grad_norm
