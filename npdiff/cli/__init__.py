@@ -14,9 +14,9 @@ points in the data's own coordinates and ``eval`` reports the bound in both (nat
 and per dimension). The ε objective's bound uses σ_t² = β̃_t unless ``--variance fixed_large``.
 
 Labels (a .npy, a column of the data, or an image folder's label file) train a class-conditional model;
-``sample --label/--labels --guidance`` draws classes with classifier-free guidance (``cli_labels``). DATA
+``sample --label/--labels --guidance`` draws classes with classifier-free guidance (``npdiff.cli.labels``). DATA
 may be an MNIST-format folder: images train as pixel vectors in [−1, 1], ``sample --out x.png`` writes a
-grid, and ``eval`` of a folder prints the image-quality figure (``cli_images``).
+grid, and ``eval`` of a folder prints the image-quality figure (``npdiff.cli.images``).
 
 Errors are one line on stderr, never a traceback. Exit status: 0 success; 2 a usage or input error
 (a flag, a data file, a checkpoint, an output path, a resume mismatch, a request too large for the

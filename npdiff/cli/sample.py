@@ -9,8 +9,8 @@ samples go to disk chunk by chunk through one atomic write. Problems found up fr
 All calls into the library's chains, sampler and bounds sit in ``_max_gain``, ``_chain``, ``_draw_chunk`` and
 ``_bound_chunk``. ``--given``/``--observed`` (``load_condition``) sample the chain conditioned by
 ``npdiff.processes.conditioning.Conditioned`` (Sohl-Dickstein et al. 2015, §2.5; docs/conditioning.md).
-``--label``/``--labels``/``--guidance`` (``cli_labels``) give a class-conditional model's samples their classes
-and the guidance scale. A model of images (``cli_images``) samples with x̂_0 clipped to the pixel range
+``--label``/``--labels``/``--guidance`` (``npdiff.cli.labels``) give a class-conditional model's samples their classes
+and the guidance scale. A model of images (``npdiff.cli.images``) samples with x̂_0 clipped to the pixel range
 [−1, 1] unless ``--clip-x0`` says otherwise, writes a PNG grid for ``--out x.png``, and ``eval`` of an
 image folder prints the image-quality figure (``eval_images``) instead of the bound.
 """

@@ -7,8 +7,8 @@ disk (a warning above 100 MB). A resumed run must repeat every setting that defi
 schedule, model, data fingerprint and labels, EMA, batch size, lr, label dropout); only ``--steps`` and
 ``--checkpoint-every`` may change. Problems raise ``UsageError`` (exit status 2, ``npdiff.cli``).
 
-Labels (``--labels``, ``--label-column``, an image folder's label file; ``cli_labels``) make the model
-class-conditional (``Diffusion(num_classes=K, label_dropout=p)``). An MNIST-format folder (``cli_images``)
+Labels (``--labels``, ``--label-column``, an image folder's label file; ``npdiff.cli.labels``) make the model
+class-conditional (``Diffusion(num_classes=K, label_dropout=p)``). An MNIST-format folder (``npdiff.cli.images``)
 trains on its pixel vectors in [−1, 1] as they are: no standardisation (mean 0 and std 1 are stored), no
 coordinate embedding (``embed_coords=False``), and the meta records ``image_shape`` for ``sample``.
 """
@@ -83,7 +83,7 @@ class TrainingData:
 
 def load_training_data(args) -> TrainingData:
     """DATA and its labels: a folder of images (labels from its label file), or points (labels from --labels
-    or --label-column), every label checked (``cli_labels``)."""
+    or --label-column), every label checked (``npdiff.cli.labels``)."""
     images = cli_images.is_image_folder(args.data)
     cli_labels.check_train_flags(args, images)
     if images:
