@@ -2,7 +2,7 @@
 
 Shape glossary: N batch, I input features, H output/hidden features.
 
-The layer contract (DESIGN.md): ``params`` and ``grads`` are dicts with the same keys and shapes;
+The layer contract (docs/architecture.md): ``params`` and ``grads`` are dicts with the same keys and shapes;
 ``forward(x)`` keeps in ``self.cache`` exactly what ``backward`` needs (each entry says why);
 ``backward(dy)`` takes that cache (it is used once: a second backward needs a new forward), returns
 dL/dx and ADDS (+=) dL/dparam into ``grads``; ``zero_grad()`` resets them. Each backward sits right

@@ -10,7 +10,7 @@ For data x_0 ~ N(m, S) every marginal of the forward process is Gaussian, q(x_t)
         for S = σ₀² I, m = 0, v_t = ᾱ_t σ₀² + 1 − ᾱ_t               the exact reverse kernel (``GaussianOracle``)
 
 With σ₀² = 1 the exact kernel is N(√α_t x_t, β_t) and every bound equals the true log-likelihood,
-−½ log(2πe) = −1.418939 nats per dimension (DESIGN.md's oracle).
+−½ log(2πe) = −1.418939 nats per dimension (the oracle of docs/likelihood.md, "Tests").
 """
 
 from __future__ import annotations
