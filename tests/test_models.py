@@ -7,6 +7,7 @@ import pytest
 
 from npdiff.nn import gradcheck
 from npdiff.nn.denoiser import Denoiser
+from npdiff.nn.layers import ACTIVATIONS
 
 TINY = dict(hidden=8, n_blocks=2, emb_dim=4, time_emb_dim=6, dtype="float64")
 
@@ -42,7 +43,7 @@ def assert_all_close(model, report):
 
 CASES = [
     dict(activation=act, layernorm=ln, final_layernorm=ln, data_dim=d, out_mult=mult)
-    for act, ln, d, mult in itertools.product(["gelu", "relu", "silu", "tanh"], [False, True], [2, 16], [1, 2])
+    for act, ln, d, mult in itertools.product(sorted(ACTIVATIONS), [False, True], [2, 16], [1, 2])
 ]
 
 

@@ -102,7 +102,7 @@ def test_ancestral_sampler_draws_no_noise_at_the_last_step_and_records_the_chain
     np.testing.assert_array_equal(xs[-1], x0)
 
 
-@pytest.mark.parametrize("sampler", ["ancestral", "ddim"])
+@pytest.mark.parametrize("sampler", sampling.SAMPLERS)
 def test_samples_keep_the_model_dtype(sampler):
     model = Denoiser(2, hidden=8, n_blocks=1, emb_dim=8, dtype="float32")
     x = sampling.sample(EpsilonChain(model, Schedule(20)), 7, np.random.default_rng(0), sampler=sampler,
@@ -125,7 +125,7 @@ def test_cosine_schedule_first_step_is_refused_unclipped_and_bounded_when_x0_is_
     s = Schedule(200, "cosine")  # β_T = 0.999: the ancestral step at t = T amplifies ε errors 31.6×
     assert sampling.ancestral_gain(s, 200) == pytest.approx(31.6, abs=0.05)
     oracle = EpsErrorAtT(s, 0.1)
-    for sampler in ("ancestral", "ddim"):
+    for sampler in sampling.SAMPLERS:
         with pytest.raises(ValueError, match="clip_x0"):
             sampling.sample(EpsilonChain(oracle, s), 10, np.random.default_rng(0), sampler=sampler)
     x_T = np.random.default_rng(1).standard_normal((10_000, 2))
