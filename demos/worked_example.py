@@ -142,8 +142,12 @@ def main(argv=None) -> int:
     theta = model.flat_params.copy()
     optimizer.step()
     say(f"\nAdamW, step k = 1, lr = {LR}, λ = {WEIGHT_DECAY}, β1 = 0.9, β2 = 0.999, ε = 1e-8:")
-    show("m = 0.1·g   (out.W's entries)", optimizer.m[-10:-2].reshape(4, 2))
-    show("v = 0.001·g²   (out.W's entries)", optimizer.v[-10:-2].reshape(4, 2), {"float_kind": "{:.3e}".format})
+    names = list(model.parameters())
+    start = sum(value.size for value in list(model.parameters().values())[:names.index("out.W")])
+    out_w = slice(start, start + model.out.params["W"].size)  # where out.W lies in the flat buffers
+    show("m = 0.1·g   (out.W's entries)", optimizer.m[out_w].reshape(model.out.params["W"].shape))
+    show("v = 0.001·g²   (out.W's entries)", optimizer.v[out_w].reshape(model.out.params["W"].shape),
+         {"float_kind": "{:.3e}".format})
     say(f"α_1 = lr·√(1 − β2)/(1 − β1) = {LR * np.sqrt(1 - 0.999) / (1 - 0.9):.6f}")
     step = model.flat_params - theta
     offset = 0

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -26,8 +27,7 @@ FAIL_ABOVE = 1e-3  # every break below moves its check's error to 0.01 or more
 
 # name -> (file, the text as it is, the broken text, the check that must fail)
 BREAKS = {
-    "drop the 2 in dL/dε_θ": ("npdiff/processes/ddpm.py", "return loss, diff * (2.0 / diff.size)",
-                              "return loss, diff * (1.0 / diff.size)",
+    "drop the 2 in dL/dε_θ": ("npdiff/nn/losses.py", "weighted * (2.0 / diff.size)", "weighted * (1.0 / diff.size)",
                               "epsilon_objective"),
     "use H − 1 in LayerNorm's variance": (
         "npdiff/nn/layers.py", "var = row_mean(centered * centered)",
@@ -49,7 +49,7 @@ BREAKS = {
                                                "return v * log_max + (1.0 - v) * log_min, cache",
                                                "return v * log_min + (1.0 - v) * log_max, cache", "learned_range"),
     "σ(a) for 1 − σ(a) in the logit-β variance": ("npdiff/processes/sohl_dickstein.py",
-                                                  "backend.xp.exp(_log_sigmoid(-a))", "backend.xp.exp(_log_sigmoid(a))",
+                                                  "dlog_var * sigmoid(-a)", "dlog_var * sigmoid(a)",
                                                   "sohl_dickstein"),
 }
 
@@ -196,17 +196,31 @@ def test_each_break_makes_its_gradient_check_fail(name, tmp_path):
     report = run_checks(broken_copy(tmp_path, file, old, new))
     assert isinstance(report[check], float), f"{check}: {report[check]}"
     assert report[check] > FAIL_ABOVE, f"{name}: {check} still passes with relative error {report[check]:.2e}"
+    documented = documented_errors().get(name)
+    assert documented is not None, f"docs/reading-order.md's exercise table has no row for {name!r}"
+    assert report[check] == pytest.approx(documented, rel=0.05, abs=0.006), (
+        f"{name}: the docs give {documented}, the check measures {report[check]:.2g} "
+        "(`python tests/test_exercises.py` prints the table)")
 
 
 def table(folder: Path) -> str:
-    """Markdown rows: each break, its file, its check and the relative error it produces."""
-    rows = ["| break | file | check | relative error |", "|---|---|---|---|"]
+    """The exercises' table of docs/reading-order.md: each break, where, the replacement, the check it turns red
+    and the relative error it produces there."""
+    rows = ["| break | file | the line … | … broken | check | relative error |", "|---|---|---|---|---|---|"]
     for name, (file, old, new, check) in BREAKS.items():
-        target = folder / name.replace(" ", "_").replace("/", "_")
+        target = folder / f"break{len(rows)}"
         error = run_checks(broken_copy(target, file, old, new))[check]
-        rows.append(f"| {name} | `{file}` | {check} | {error:.2g} |" if isinstance(error, float)
-                    else f"| {name} | `{file}` | {check} | {error} |")
+        error = f"{error:.2g}" if isinstance(error, float) else error
+        rows.append(f"| {name} | `{file}` | `{old}` | `{new}` | {check} | {error} |")
     return "\n".join(rows)
+
+
+def documented_errors() -> dict:
+    """{break: the relative error docs/reading-order.md's table gives for it}."""
+    text = (ROOT / "docs" / "reading-order.md").read_text(encoding="utf-8")
+    return {cells[0]: float(cells[-1]) for line in text.splitlines() if line.startswith("| ")
+            for cells in [[c.strip() for c in line.strip().strip("|").split("|")]]
+            if cells[0] in BREAKS and re.fullmatch(r"[\d.e+-]+", cells[-1])}
 
 
 if __name__ == "__main__":
