@@ -77,9 +77,9 @@ def training_step(model, schedule, x0, t, noise, show):
         u = h  # u0: the block's input
         for j, layer in enumerate(block.fn.layers):
             u = layer.forward(u)
-            show(f"u{j + 1} = {type(layer).__name__}(u{j})   (blocks.{i}.fn.{j}; u0 = h)", u)
+            show(f"u{j + 1} = {type(layer).__name__}(u{j})   (blocks.{i}.fn.{j}{'; u0 = h' if j == 0 else ''})", u)
         h = h + u
-        show(f"h = h + f(h)   (block {i}'s residual)", h)
+        show(f"h = h + u{len(block.fn.layers)}   (block {i}'s residual: h + f(h))", h)
     eps_theta = model.out.forward(h)
     show("ε_θ = h·W + b   (out)", eps_theta)
 
