@@ -50,7 +50,7 @@ from npdiff.processes import conditioning, sampling
 from npdiff.images.classifier import CACHE_NAME
 from npdiff.images.quality import ImageJudge, class_accuracy
 
-DEFAULTS = dict(n=50, methods=["paper", "replace"], guidance=None, noise_std=0.5, square=14, seed=0)
+DEFAULTS = dict(n=50, methods=list(conditioning.METHODS), guidance=None, noise_std=0.5, square=14, seed=0)
 QUICK = dict(n=10, guidance=2.0)
 QUICK_JUDGE = dict(hidden=(32, 8), epochs=2)  # as demos/mnist.py --quick: a judge the tiny test data can train
 FILL = -1.0  # the missing pixels of a masked image: black, the background of Fashion-MNIST

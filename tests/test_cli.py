@@ -18,6 +18,8 @@ import numpy as np
 import pytest
 
 from npdiff import cli
+from npdiff.diffusion import OBJECTIVES
+from npdiff.processes.conditioning import METHODS
 from npdiff.training import checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,7 +50,7 @@ def _train(tmp_path, csv, objective):
     return ckpt
 
 
-@pytest.mark.parametrize("objective", ["epsilon", "hybrid", "sohl_dickstein"])
+@pytest.mark.parametrize("objective", OBJECTIVES)
 def test_train_sample_eval_round_trip_in_data_coordinates(tmp_path, points_csv, capsys, objective):
     csv, x = points_csv
     ckpt = _train(tmp_path, csv, objective)
@@ -233,7 +235,7 @@ def gaussians_model(tmp_path_factory):
     return path
 
 
-@pytest.mark.parametrize("method", ["paper", "replace"])
+@pytest.mark.parametrize("method", METHODS)
 def test_given_coordinates_come_back_exactly_and_the_free_ones_on_the_true_modes(tmp_path, gaussians_model, method):
     (tmp_path / "given.csv").write_text("x,y\n0.1,nan\n")  # x = 0.1 known: p(y | x) has modes at y ≈ ±2.83
     out = tmp_path / "s.npy"
@@ -257,7 +259,7 @@ def _eight_gaussians_posterior_mean(y, s: float) -> np.ndarray:
 def test_an_observation_gives_samples_around_the_exact_posterior_mean(tmp_path, gaussians_model):
     np.save(tmp_path / "y.npy", np.array([1.0, 1.0]))  # between the origin and the mode at (2, 2)
     means = {}
-    for method in ("paper", "replace"):
+    for method in METHODS:
         out = tmp_path / f"{method}.npy"
         assert cli.main(["sample", str(gaussians_model), "--out", str(out), "--n", "1000", "--observed",
                          str(tmp_path / "y.npy"), "--noise-std", "0.5", "--condition", method]) == 0

@@ -25,6 +25,7 @@ import pytest
 
 from npdiff import Diffusion, backend, cli, data, metrics
 from npdiff.processes import ddpm, likelihood, sampling
+from npdiff.diffusion import OBJECTIVES as DIFFUSION_OBJECTIVES
 from npdiff.training import checkpoint, train
 from npdiff.processes.conditioning import Conditioned, exact_moments
 from npdiff.nn.embeddings import TimestepEmbedding
@@ -159,7 +160,7 @@ def test_a_training_step_gives_numpys_loss_and_gradient_on_device(device, name):
     np.testing.assert_allclose(backend.to_numpy(gpu.flat_grads), cpu.flat_grads, rtol=1e-10, atol=1e-14)
 
 
-@pytest.mark.parametrize("name", ["epsilon", "hybrid", "sohl_dickstein"])
+@pytest.mark.parametrize("name", DIFFUSION_OBJECTIVES)
 def test_fit_trains_each_objective_on_device_reading_losses_back_once_per_check(device, name):
     x = heart()
     if name == "sohl_dickstein":
