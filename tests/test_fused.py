@@ -12,7 +12,7 @@ from npdiff.nn import gradcheck
 from npdiff.nn.embeddings import SinusoidalEmbedding
 from npdiff.nn.layers import GELU, LayerNorm, Linear
 from npdiff.nn.denoiser import Denoiser
-from npdiff.nn.optim import AdamW
+from npdiff.nn.optim import EMA, AdamW
 
 F64 = "float64"
 
@@ -97,19 +97,31 @@ def test_embedding_rejects_an_output_of_the_wrong_shape_or_layout():
         emb.forward(x, out=np.empty((3, 8))[:, ::2])
 
 
-def test_adamw_step_matches_the_textbook_update():
-    model = Linear(3, 2, np.random.default_rng(0), dtype=F64)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape", [(3, 2), (300, 500)])  # 8 parameters, and 150,500: whole blocks and a partial one
+def test_adamw_step_and_ema_match_the_textbook_updates(shape, dtype):
+    model = Linear(*shape, np.random.default_rng(0), dtype=dtype)
     opt = AdamW(model, lr=0.01, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.1)
-    theta, m, v = model.flat_params.copy(), np.zeros(8), np.zeros(8)
+    ema = EMA(model, decay=0.9)
+    p = model.flat_params.size
+    theta, m, v = model.flat_params.astype(np.float64), np.zeros(p), np.zeros(p)
+    shadow = theta.copy()
     rng = np.random.default_rng(4)
+    tol = dict(rtol=1e-13, atol=1e-15) if dtype == F64 else dict(rtol=1e-5, atol=1e-6)
     for k in range(1, 4):
-        g = rng.standard_normal(8)
+        g = rng.standard_normal(p).astype(dtype)
         model.flat_grads[...] = g
         opt.step()
+        ema.update()
         theta *= 1 - 0.01 * 0.1
         m, v = 0.9 * m + 0.1 * g, 0.99 * v + 0.01 * g * g
         theta -= 0.01 * (m / (1 - 0.9**k)) / (np.sqrt(v / (1 - 0.99**k)) + 1e-8)
-        np.testing.assert_allclose(model.flat_params, theta, rtol=1e-13, atol=1e-15)
+        d = min(0.9, k / (9 + k))  # the EMA's warm-up, n = k − 1
+        shadow = d * shadow + (1 - d) * model.flat_params.astype(np.float64)
+        np.testing.assert_allclose(model.flat_params, theta, **tol)
+        np.testing.assert_allclose(opt.m, m, **tol)
+        np.testing.assert_allclose(opt.v, v, **tol)
+        np.testing.assert_allclose(ema.shadow, shadow, **tol)
 
 
 def test_train_step_benchmark_runs_and_writes_json(tmp_path):

@@ -101,10 +101,11 @@ def test_adamw_defaults_and_adam_has_no_decay():
     assert Adam(toy()).weight_decay == 0.0
 
 
-def test_adam_matches_pytorch_adamw_when_torch_is_installed(crosscheck):
+@pytest.mark.parametrize("shape", [(3, 2), (300, 400)])  # 8 parameters, and 120,400: blocks and a partial one
+def test_adam_matches_pytorch_adamw_when_torch_is_installed(crosscheck, shape):
     torch = crosscheck("torch")
     rng = np.random.default_rng(0)
-    lin = Linear(3, 2, rng, dtype="float64")
+    lin = Linear(*shape, rng, dtype="float64")
     opt = AdamW(lin, lr=0.05, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.2)
     p = torch.nn.Parameter(torch.tensor(lin.flat_params.copy()))
     ref = torch.optim.AdamW([p], lr=0.05, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.2)
@@ -114,7 +115,7 @@ def test_adam_matches_pytorch_adamw_when_torch_is_installed(crosscheck):
         p.grad = torch.tensor(g)
         opt.step()
         ref.step()
-    np.testing.assert_allclose(lin.flat_params, p.detach().numpy(), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(lin.flat_params, p.detach().numpy(), rtol=1e-12, atol=1e-15)
 
 
 @pytest.mark.parametrize("kwargs", [dict(lr=0.0), dict(lr=-1e-3), dict(betas=(1.0, 0.999)), dict(betas=(0.9, 1.0)),

@@ -89,9 +89,83 @@ def test_the_gelu_pieces_are_the_plain_tanh_formulas(dtype):
 
 
 @pytest.mark.parametrize("decay", [0.0, 0.9, 0.999])
-def test_moving_average_is_the_textbook_update_in_place(decay):
-    average, x = data((50,), "float64", 3), data((50,), "float64", 4)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_moving_average_is_the_textbook_update_in_place(decay, dtype):
+    average, x = data((50,), dtype, 3), data((50,), dtype, 4)
+    exact = decay * average.astype(np.float64) + (1 - decay) * x.astype(np.float64)
     before, view = average.copy(), average[10:20]
     primitives.moving_average_(average, x, decay)
-    np.testing.assert_allclose(average, decay * before + (1 - decay) * x, rtol=1e-13, atol=1e-14)
+    np.testing.assert_allclose(average, exact, **TOL[dtype])
     assert view.base is average  # the same array, updated in place
+    with_scratch, scratch = before.copy(), np.full(50, np.nan, dtype=dtype)
+    primitives.moving_average_(with_scratch, x, decay, scratch)
+    np.testing.assert_array_equal(with_scratch, average)  # the scratch changes where, not what
+    own, spent = before.copy(), x.copy()
+    primitives.moving_average_(own, spent, decay, spent)  # x may serve as its own scratch
+    np.testing.assert_array_equal(own, average)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_adam_step_is_theta_minus_alpha_m_over_sqrt_v_plus_eps(dtype):
+    theta, m = data((300,), dtype, 5), data((300,), dtype, 6)
+    v = data((300,), dtype, 7) ** 2
+    v[:5] = 0  # where √v = 0 the step is α·m/ε̂
+    alpha, eps_hat = 1e-3, 1e-8
+    plain = theta.astype(np.float64) - alpha * m.astype(np.float64) / (np.sqrt(v.astype(np.float64)) + eps_hat)
+    scratch = np.empty(300, dtype=dtype)
+    for buffer in (None, scratch):
+        got = theta.copy()
+        primitives.adam_step_(got, m, v, alpha, eps_hat, buffer)
+        np.testing.assert_allclose(got, plain, **TOL[dtype])
+
+
+def _adamw_and_ema_block(theta, g, m, v, shadow, scratch):
+    """An elementwise update touching every operand and the scratch: one AdamW step and one EMA step."""
+    theta *= 1 - 1e-4
+    primitives.moving_average_(m, g, 0.9, scratch)
+    primitives.moving_average_(v, np.multiply(g, g, out=scratch), 0.999, scratch)
+    primitives.adam_step_(theta, m, v, 1e-3, 1e-8, scratch)
+    primitives.moving_average_(shadow, theta, 0.99, scratch)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("size", [1, 1000, primitives.BLOCK, 5 * primitives.BLOCK + 17])
+def test_blockwise_gives_the_whole_buffer_update_to_the_bit(size, dtype, threads):
+    arrays = [data((size,), dtype, seed) for seed in range(5)]
+    arrays[3] = arrays[3] ** 2  # v ≥ 0
+    whole = [a.copy() for a in arrays]
+    _adamw_and_ema_block(*whole, None)  # plain: one call on the whole buffers
+    previous = primitives.set_threads(threads)
+    try:
+        for _ in range(2):  # the second time reuses the workers and the scratch buffers
+            blocks = [a.copy() for a in arrays]
+            primitives.blockwise(_adamw_and_ema_block, *blocks)
+            for got, want in zip(blocks, whole):
+                np.testing.assert_array_equal(got, want)
+    finally:
+        primitives.set_threads(previous)
+
+
+def test_blockwise_visits_every_entry_once_in_blocks_of_at_most_block():
+    size = 3 * primitives.BLOCK + 5
+    seen, counts = [], np.zeros(size)
+
+    def visit(counter, scratch):
+        seen.append(counter.shape[0])
+        assert scratch.shape == counter.shape
+        counter += 1
+
+    for threads in (1, 2):
+        previous = primitives.set_threads(threads)
+        try:
+            primitives.blockwise(visit, counts)
+        finally:
+            primitives.set_threads(previous)
+    np.testing.assert_array_equal(counts, 2)
+    assert max(seen) == primitives.BLOCK and sum(seen) == 2 * size
+
+
+def test_set_threads_refuses_fewer_than_one():
+    with pytest.raises(ValueError, match="threads"):
+        primitives.set_threads(0)
