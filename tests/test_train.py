@@ -1,4 +1,5 @@
-"""The training loop: batches, one step, the NaN guard, lr schedules, progress, and a short run that learns."""
+"""The training loop and its runner: batches, one step, the plain loop under ``fit``, the NaN guard, lr schedules,
+progress, and a short run that learns."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 from npdiff import data, metrics
 from npdiff.io import fileio, progress
 from npdiff.processes import ddpm, sampling
-from npdiff.training import checkpoint, train
+from npdiff.training import checkpoint, loop, train
 from npdiff.nn.denoiser import Denoiser
 from npdiff.nn.optim import EMA, AdamW, clip_grad_norm, cosine_lr, grad_norm
 from npdiff.processes.schedules import Schedule
@@ -59,6 +60,24 @@ def test_train_step_clips_the_gradient_norm_and_updates_ema():
     assert np.linalg.norm(model.flat_grads) == pytest.approx(1.0, rel=1e-4)  # … and the gradient clipped to 1
     assert not np.array_equal(model.flat_params, before)
     np.testing.assert_allclose(ema.shadow, 0.9 * before + 0.1 * model.flat_params, rtol=1e-5, atol=1e-7)
+
+
+def test_fit_is_the_plain_loop_wrapped_driving_the_loop_by_hand_gives_fits_run_to_the_bit():
+    x = np.random.default_rng(0).standard_normal((64, 2))
+    objective, lr_schedule = ddpm.EpsilonObjective(Schedule(20)), cosine_lr(1e-2, 25, warmup=5)
+    fitted = small_model()
+    fit_ema = EMA(fitted, 0.9)
+    h = train.fit(fitted, x, objective, steps=25, batch_size=8, optimizer=AdamW(fitted, 1e-2), clip=0.5,
+                  ema=fit_ema, lr_schedule=lr_schedule, rng=np.random.default_rng(0), check_every=10, progress=False)
+    model = small_model()
+    opt, ema, rng = AdamW(model, 1e-2), EMA(model, 0.9), np.random.default_rng(0)
+    batches = train.Batches(x.astype(model.dtype), 8, rng)
+    steps = list(loop.training_loop(model, objective, batches, opt, rng, 25, lr_schedule=lr_schedule, clip=0.5,
+                                    ema=ema))
+    assert [step for step, *_ in steps] == list(range(25)) and [lr for *_, lr in steps] == h.lr
+    assert [float(loss) for _, loss, _, _ in steps] == h.loss and [float(n) for _, _, n, _ in steps] == h.grad_norm
+    np.testing.assert_array_equal(model.flat_params, fitted.flat_params)
+    np.testing.assert_array_equal(ema.shadow, fit_ema.shadow)
 
 
 def test_train_step_stops_on_a_non_finite_loss_without_touching_the_weights():

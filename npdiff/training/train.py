@@ -1,30 +1,34 @@
-"""The training loop: shuffled minibatches, lr schedule, clipping, EMA, progress line, checkpoints, NaN guard.
+"""The guarded runner: ``fit`` runs Algorithm 1 (``npdiff.training.loop``) inside the machinery a long run needs:
+the lr schedule, the EMA, the non-finite guard and its rollback, SIGINT/SIGTERM, checkpoints with exact resume,
+and the progress line. None of it is inside the loop; it acts between the steps the loop yields.
 
 Shape glossary: M training points, D data dims, B batch size, P parameters.
 
-The loop knows nothing of diffusion: it drives an *objective*, any object with
+``fit`` drives an *objective*, any object with
 
     loss_and_backward(model, x0, rng) -> loss   # forward, loss, model.backward (adds into grads)
 
 (``npdiff.processes.ddpm.EpsilonObjective``, the Sohl-Dickstein bound, …), whose loss is a 0-d backend array (or a
 float). With class labels (``fit(..., labels=y)``) the objective also takes the batch's labels,
-``loss_and_backward(model, x0, rng, y=y_batch)``; objectives that can, say so with ``takes_labels = True``. One step of ``train_step`` is
+``loss_and_backward(model, x0, rng, y=y_batch)``; objectives that can, say so with ``takes_labels = True``.
+One step is
 
     zero_grad → loss_and_backward → ‖g‖ → clip ‖g‖ → optimizer → EMA
 
-and ``fit`` repeats it over shuffled minibatches, writing a checkpoint every ``checkpoint_every`` steps
-(atomically, ``npdiff.training.checkpoint``) so that a non-finite loss leaves the last good one in place.
+and ``fit`` takes them over shuffled minibatches (``npdiff.training.batches``), writing a checkpoint every
+``checkpoint_every`` steps (atomically, ``npdiff.training.checkpoint``) so that a non-finite loss leaves the
+last good one in place.
 
 Host transfers. On a GPU, reading a number back (``float(loss)``) waits for the device and stalls the
 queue of work, so ``fit`` keeps each step's loss and ‖g‖ on the device and reads them back in blocks: one
 transfer every ``check_every`` steps (and before a checkpoint, at a signal, at the end). That read is the
-NaN guard, the history and the progress line's loss. The guard's promise stays: a non-finite step never
+NaN guard, the history and the progress line's loss. The guard's promise: a non-finite step never
 reaches the weights a run ends with. At each check that finds every step finite, ``fit`` copies the
 training state (weights, Adam's moments and step count, EMA) on the device (4·P numbers, no transfer);
 when a check finds a NaN or inf, the state is put back to that copy, the weights of the last check
 before the bad step, and NonFiniteLossError names the first bad step. A NaN is thus found up to
-``check_every`` − 1 steps late, and those steps are undone with it. ``train_step`` called on its own
-(``check=True``) reads the loss and ‖g‖ at once and refuses to update, as before.
+``check_every`` − 1 steps late, and those steps are undone with it. ``train_step``, one step on its own
+(``check=True``), reads the loss and ‖g‖ at once and refuses to update.
 
 Stopping. With a checkpoint path, ``fit`` catches SIGINT (Ctrl-C) and SIGTERM: the step under way
 finishes, a checkpoint of it is written, and ``TrainingInterrupted`` (a KeyboardInterrupt) is raised
@@ -43,10 +47,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from npdiff import backend
-from npdiff.training import checkpoint
-from npdiff.processes.guidance import check_labels
-from npdiff.nn.optim import AdamW, clip_grad_norm, grad_norm
 from npdiff.io.progress import Progress
+from npdiff.nn.optim import AdamW, grad_norm
+from npdiff.processes.guidance import check_labels
+from npdiff.training import checkpoint
+from npdiff.training.batches import Batches
+from npdiff.training.loop import training_loop, update
 from npdiff.training.safeguards import LastGoodState, check_checkpoint_path, deferred_signals
 
 CHECK_EVERY = 100  # steps between host reads of the losses in ``fit`` (module docstring)
@@ -69,54 +75,6 @@ class TrainingInterrupted(KeyboardInterrupt):
     def __init__(self, message: str, step: int, signum: int, saved: bool) -> None:
         super().__init__(message)
         self.step, self.signum, self.saved = step, signum, saved
-
-
-class Batches:
-    """Shuffled minibatches without replacement: each epoch is one permutation of the M points, cut
-    into M // B batches (the last partial batch is dropped). The state (permutation, position) is
-    saved in checkpoints, so a resumed run sees exactly the batches the uninterrupted run would.
-    labels: optional (M,) class labels, shuffled with the points.
-    """
-
-    def __init__(self, data, batch_size: int, rng, labels=None) -> None:
-        if isinstance(batch_size, bool) or not 1 <= batch_size <= data.shape[0]:
-            raise ValueError(f"batch_size must lie in 1..{data.shape[0]} (the number of points), got {batch_size}")
-        self.data, self.labels, self.batch_size, self.rng = data, labels, int(batch_size), rng
-        self.perm, self.pos, self.shuffled, self.shuffled_labels = None, 0, None, None
-
-    def next(self):
-        """(x0, y): the next (B, D) batch, a view into this epoch's shuffled copy of the data, and its (B,)
-        labels (None without labels)."""
-        if self.perm is None or self.pos + self.batch_size > self.data.shape[0]:
-            self._shuffle(backend.permutation(self.rng, self.data.shape[0]), 0)
-        rows = slice(self.pos, self.pos + self.batch_size)
-        self.pos += self.batch_size
-        return self.shuffled[rows], None if self.labels is None else self.shuffled_labels[rows]
-
-    def _shuffle(self, perm, pos: int) -> None:
-        self.perm, self.pos = perm, int(pos)
-        perm = backend.asarray(perm)
-        self.shuffled = self.data[perm]  # one gather per epoch; batches are slices
-        if self.labels is not None:
-            self.shuffled_labels = self.labels[perm]
-
-    def state_dict(self) -> dict:
-        if self.perm is None:
-            return {}
-        return {"perm": backend.to_numpy(self.perm), "pos": self.pos, "batch_size": self.batch_size}
-
-    def load_state_dict(self, state: dict) -> None:
-        """Continue a stored epoch; refuses a state made for other data or another batch size."""
-        if not state:
-            return
-        perm, m = np.asarray(state["perm"]), self.data.shape[0]
-        if perm.shape != (m,) or perm.dtype.kind not in "iu" or not np.array_equal(np.sort(perm), np.arange(m)):
-            raise ValueError(f"the checkpoint's batch order is for {perm.size} points; the data have {m} "
-                             "(resume with the data the run started with)")
-        stored = state.get("batch_size", self.batch_size)
-        if stored != self.batch_size:
-            raise ValueError(f"the checkpoint was trained with batch_size {stored}; this run has {self.batch_size}")
-        self._shuffle(perm, state["pos"])
 
 
 @dataclass
@@ -158,30 +116,81 @@ def train_step(model, objective, x0, rng, optimizer, *, y=None, lr: float | None
     before clipping).
 
     check=True: both are read back (one host transfer) and returned as floats; a non-finite one raises
-    NonFiniteLossError before the weights are touched. check=False (``fit``): nothing is read back, both
-    are returned as 0-d backend arrays, and the update is applied whatever they hold; the caller checks
-    them later (``fit`` undoes a non-finite step; module docstring).
+    NonFiniteLossError before the weights are touched. check=False: nothing is read back, both are
+    returned as 0-d backend arrays, and the update is applied whatever they hold.
     """
-    xp = backend.xp
     model.zero_grad()
-    loss = objective.loss_and_backward(model, x0, rng) if y is None else objective.loss_and_backward(model, x0, rng, y=y)
-    g = optimizer.grads
-    norm = grad_norm(g)  # ‖g‖₂ of the flat gradient buffer, logged and used by clipping
+    if y is None:
+        loss = objective.loss_and_backward(model, x0, rng)
+    else:
+        loss = objective.loss_and_backward(model, x0, rng, y=y)
+    norm = grad_norm(optimizer.grads)  # ‖g‖₂ of the flat gradient buffer, logged and used by clipping
     if check:
         loss, norm = float(loss), float(norm)
         if not (math.isfinite(loss) and math.isfinite(norm)):
             raise NonFiniteLossError(_non_finite(step, loss, norm) + "; the weights were not updated")
-    if clip is not None:
-        clip_grad_norm(g, clip, norm)
-    optimizer.step(lr)
-    if ema is not None:
-        ema.update()
+    update(optimizer, lr, clip=clip, ema=ema, norm=norm)
     return loss, norm
 
 
 def _non_finite(step: int, loss: float, norm: float) -> str:
     what = "loss" if not math.isfinite(loss) else "gradient norm"
     return f"non-finite {what} at step {step} (loss={loss}, grad norm={norm})"
+
+
+class _Checks:
+    """The steps since the last read-back, and that read (``read``): one transfer for all of them, whose
+    values go to the history, or, at a non-finite one, a rollback of them all to the last good state."""
+
+    def __init__(self, history: History, optimizer, ema) -> None:
+        self.history, self.last_good = history, LastGoodState(optimizer, ema)
+        self.pending: list = []  # (step, loss, ‖g‖, lr) since the last read; loss and ‖g‖ on the device
+        self.shown = ""  # the progress line's loss: the last one read back
+
+    def add(self, step: int, loss, norm, lr: float) -> None:
+        self.pending.append((step, loss, norm, lr))
+
+    def read(self) -> None:
+        """Read back the pending steps' loss and ‖g‖; record them, or undo them all and raise at the first
+        non-finite one."""
+        pending = self.pending
+        if not pending:
+            return
+        xp = backend.xp
+        values = backend.to_numpy(xp.stack([xp.asarray(v, dtype=xp.float64) for _, loss, norm, _ in pending
+                                            for v in (loss, norm)])).reshape(-1, 2)  # (B, 2)
+        finite = np.isfinite(values).all(axis=1)
+        if not finite.all():
+            k = int(np.argmin(finite))
+            self.last_good.restore()
+            good = pending[0][0]
+            pending.clear()
+            raise NonFiniteLossError(f"{_non_finite(good + k, *values[k])}; the weights are those of step {good} "
+                                     f"(the last check before it), the {k + 1} step(s) since were undone")
+        self.history.loss.extend(values[:, 0].tolist())
+        self.history.grad_norm.extend(values[:, 1].tolist())
+        self.history.lr.extend(lr for _, _, _, lr in pending)
+        self.shown = f"loss {values[-1, 0]:.4f}"
+        pending.clear()
+        self.last_good.mark()
+
+
+class _Checkpoints:
+    """Writes the run's checkpoints to ``path``: the training state, the batch order and the history.
+    ``saved``: the step of the last one written (None before any), for the messages."""
+
+    def __init__(self, path: str, saved: int | None, batches: Batches, history: History, **state) -> None:
+        self.path, self.saved, self.batches, self.history, self.state = path, saved, batches, history, state
+
+    def save(self, step: int) -> None:
+        try:
+            checkpoint.save(self.path, step=step, **self.state,
+                            groups={"batches": self.batches.state_dict(), "history": self.history.arrays()})
+        except OSError as err:
+            kept = f"the checkpoint of step {self.saved} is intact" if self.saved is not None else "nothing was written"
+            raise CheckpointWriteError(f"could not write the checkpoint {self.path} at step {step}: "
+                                       f"{err.strerror or err}; {kept}") from err
+        self.saved = step
 
 
 def fit(model, data, objective, *, steps: int, batch_size: int = 256, optimizer=None, rng, lr_schedule=None,
@@ -230,78 +239,40 @@ def fit(model, data, objective, *, steps: int, batch_size: int = 256, optimizer=
         batches.load_state_dict(ckpt.group("batches"))
         history = History.from_arrays(ckpt.group("history"))
         first = history.start_step = ckpt.step
-
-    saved = [first if first else None]  # the step of the last good checkpoint, for the messages
-
-    def save(step: int) -> None:
-        try:
-            checkpoint.save(checkpoint_path, model, optimizer=optimizer, ema=ema, step=step, rng=rng,
-                            schedule=schedule, meta=meta,
-                            groups={"batches": batches.state_dict(), "history": history.arrays()})
-        except OSError as err:
-            kept = f"the checkpoint of step {saved[0]} is intact" if saved[0] is not None else "nothing was written"
-            raise CheckpointWriteError(f"could not write the checkpoint {checkpoint_path} at step {step}: "
-                                       f"{err.strerror or err}; {kept}") from err
-        saved[0] = step
-
-    last_check = LastGoodState(optimizer, ema)
-    pending: list = []  # (step, loss, ‖g‖, lr) of the steps since the last check; loss and ‖g‖ on the device
-    shown = [""]  # the progress line's loss: the last one read back
-
-    def check() -> None:
-        """Read back the pending steps' loss and ‖g‖ (one transfer); record them, or undo them all and
-        raise at the first non-finite one."""
-        if not pending:
-            return
-        xp = backend.xp
-        values = backend.to_numpy(xp.stack([xp.asarray(v, dtype=xp.float64) for _, loss, norm, _ in pending
-                                            for v in (loss, norm)])).reshape(-1, 2)  # (B, 2)
-        finite = np.isfinite(values).all(axis=1)
-        if not finite.all():
-            k = int(np.argmin(finite))
-            last_check.restore()
-            good = pending[0][0]
-            pending.clear()
-            raise NonFiniteLossError(f"{_non_finite(good + k, *values[k])}; the weights are those of step {good} "
-                                     f"(the last check before it), the {k + 1} step(s) since were undone")
-        history.loss.extend(values[:, 0].tolist())
-        history.grad_norm.extend(values[:, 1].tolist())
-        history.lr.extend(lr for _, _, _, lr in pending)
-        shown[0] = f"loss {values[-1, 0]:.4f}"
-        pending.clear()
-        last_check.mark()
+    checks = _Checks(history, optimizer, ema)
+    saver = None if checkpoint_path is None else _Checkpoints(
+        checkpoint_path, first if first else None, batches, history, model=model, optimizer=optimizer, ema=ema,
+        rng=rng, schedule=schedule, meta=meta)
 
     bar = Progress(steps, progress)
     if bar.enabled and bar.tty and schedule is not None:
         bar.stream.write(schedule.summary() + "\n")
+    loop = training_loop(model, objective, batches, optimizer, rng, steps, first=first, lr_schedule=lr_schedule,
+                         clip=clip, ema=ema)
     start = time.perf_counter()
     handle = checkpoint_path is not None if handle_signals is None else handle_signals
     with deferred_signals(handle) as received:
         try:
-            for step in range(first, steps):
-                lr = optimizer.lr if lr_schedule is None else float(lr_schedule(step))
-                x0, y = batches.next()
-                loss, norm = train_step(model, objective, x0, rng, optimizer, y=y, lr=lr, clip=clip,
-                                        ema=ema, step=step, check=False)
-                pending.append((step, loss, norm, lr))
-                save_now = checkpoint_path is not None and checkpoint_every and (step + 1) % checkpoint_every == 0
+            for step, loss, norm, lr in loop:
+                checks.add(step, loss, norm, lr)
+                save_now = saver is not None and checkpoint_every and (step + 1) % checkpoint_every == 0
                 if received or save_now or step + 1 == steps or (step + 1 - first) % check_every == 0:
-                    check()  # a checkpoint, an interrupted run and a finished one hold only checked steps
-                bar.update(step + 1, shown[0], first)
+                    checks.read()  # a checkpoint, an interrupted run and a finished one hold only checked steps
+                bar.update(step + 1, checks.shown, first)
                 if received:
                     history.seconds = time.perf_counter() - start
-                    _interrupt(received[0], step + 1, steps, checkpoint_path, save)
+                    _interrupt(received[0], step + 1, steps, saver)
                 if save_now:
-                    save(step + 1)
+                    saver.save(step + 1)
         except NonFiniteLossError as err:
-            kept = (f"the last good checkpoint is {checkpoint_path} (step {saved[0]})" if saved[0] is not None
-                    else "no checkpoint was written in this run")
+            kept = (f"the last good checkpoint is {checkpoint_path} (step {saver.saved})"
+                    if saver is not None and saver.saved is not None else "no checkpoint was written in this run")
             raise NonFiniteLossError(f"{err}; {kept}") from None
         finally:
             bar.close()
         history.seconds = time.perf_counter() - start
-        if checkpoint_path is not None and first < steps:
-            save(steps)
+        if saver is not None and first < steps:
+            saver.save(steps)
     return history
 
 
@@ -316,12 +287,12 @@ def _check_fit_labels(model, objective, labels, m: int):
     return check_labels(labels, m, label_emb.n_classes)
 
 
-def _interrupt(signum: int, step: int, steps: int, path, save) -> None:
+def _interrupt(signum: int, step: int, steps: int, saver: _Checkpoints | None) -> None:
     """Write the checkpoint of ``step`` (if there is a path) and raise TrainingInterrupted."""
     name = signal.Signals(signum).name
-    if path is None:
+    if saver is None:
         raise TrainingInterrupted(f"{name} after step {step} of {steps}; no checkpoint path, nothing saved",
                                   step, signum, False)
-    save(step)
-    raise TrainingInterrupted(f"{name} after step {step} of {steps}; checkpoint of step {step} written to {path}",
-                              step, signum, True)
+    saver.save(step)
+    raise TrainingInterrupted(f"{name} after step {step} of {steps}; checkpoint of step {step} written to "
+                              f"{saver.path}", step, signum, True)
