@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from npdiff.processes import likelihood, sampling
-from npdiff.processes.ddpm import EpsilonChain, EpsilonObjective
+from npdiff.processes.ddpm import VARIANCES, EpsilonChain, EpsilonObjective
 from npdiff.processes.hybrid import HybridObjective
 from npdiff.nn.denoiser import Denoiser
 from npdiff.processes.oracles import GaussianOracle
@@ -126,15 +126,13 @@ def chains(schedule):
     wide = Denoiser(2, out_dim=4, hidden=8, n_blocks=1, emb_dim=8, dtype="float64", seed=2)
     sd = make_model(2, zero_output=False, hidden=8, n_blocks=1, emb_dim=8, dtype="float64", seed=3)
     del rng
-    return {"fixed_small": EpsilonChain(model, schedule, "fixed_small"),
-            "fixed_large": EpsilonChain(model, schedule, "fixed_large"),
-            "learned_range": EpsilonChain(wide, schedule, "learned_range"),
-            "clipped": EpsilonChain(model, schedule, clip_x0=(-1.0, 1.0)),
+    variances = {v: EpsilonChain(wide if v == "learned_range" else model, schedule, v) for v in VARIANCES}
+    return {**variances, "clipped": EpsilonChain(model, schedule, clip_x0=(-1.0, 1.0)),
             "sohl_dickstein": SohlDicksteinChain(sd, schedule),
             "oracle": GaussianOracle(schedule, 0.5, data_dim=2)}
 
 
-@pytest.mark.parametrize("name", ["fixed_small", "fixed_large", "learned_range", "clipped", "sohl_dickstein", "oracle"])
+@pytest.mark.parametrize("name", [*VARIANCES, "clipped", "sohl_dickstein", "oracle"])  # every key of chains()
 def test_no_chain_adds_noise_at_its_last_step(name):
     schedule = Schedule(10)
     chain = chains(schedule)[name]
