@@ -193,6 +193,26 @@ NPY_MAGIC = b"\x93NUMPY"
 ZIP_MAGIC = b"PK\x03\x04"
 
 
+def _check_npy_size(path: str) -> None:
+    """Refuse a .npy whose header promises more data than the file holds, before any memory is allocated for it."""
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+            if version not in read_header:
+                return  # np.load says what is wrong
+            shape, _, dtype = read_header[version](f, max_header_size=10_000)
+            offset = f.tell()
+    except Exception:  # a damaged header: np.load's message names it
+        return
+    if dtype.hasobject or not all(isinstance(k, int) and k >= 0 for k in shape):
+        return
+    promised, held = math.prod(shape) * dtype.itemsize, os.path.getsize(path) - offset
+    if promised > held:
+        raise ValueError(f"{path!r} is a damaged or truncated .npy file: its header promises shape {shape} of {dtype} "
+                         f"({promised} bytes), the file holds {held}")
+
+
 def _read_npy(path: str) -> np.ndarray:
     """The array of a .npy file; ValueError (naming the file) for anything that is not a plain .npy."""
     with open(path, "rb") as f:
@@ -203,6 +223,7 @@ def _read_npy(path: str) -> np.ndarray:
                              "save the points with numpy.save")
         raise ValueError(f"{path!r} is not a .npy file (it does not start with NumPy's header); "
                          "save the points with numpy.save, or use a .csv file")
+    _check_npy_size(path)
     try:
         return np.load(path, allow_pickle=False)
     except ValueError as exc:

@@ -38,6 +38,22 @@ from npdiff.processes.sohl_dickstein import BoundObjective, SohlDicksteinChain, 
 
 OBJECTIVES = ("epsilon", "hybrid", "sohl_dickstein")
 DEFAULT_VARIANCE = {"epsilon": "fixed_small", "hybrid": "learned_range", "sohl_dickstein": None}
+# the guidance scales w that npdiff accepts, everywhere (the command line, the demos, ``Diffusion.sample``): w = 0
+# is the conditional model; past 20 (diffusers' s = 21) samples leave the data's range by orders of magnitude
+GUIDANCE_RANGE = (0.0, 20.0)
+
+
+def check_guidance(w: float, label_dropout: float | None = None, labels: bool = True) -> float:
+    """w as a float, or a ValueError: w must be finite and in GUIDANCE_RANGE, and w > 0 (or sampling without
+    labels) needs a model whose 'no label' row was trained (label_dropout > 0)."""
+    low, high = GUIDANCE_RANGE
+    if isinstance(w, bool) or not isinstance(w, (int, float, np.floating, np.integer)) or not low <= w <= high:
+        raise ValueError(f"guidance w must be a number in [{low:g}, {high:g}], got {w!r}")
+    if label_dropout == 0 and (w > 0 or not labels):
+        raise ValueError("this model was trained with label dropout 0, so its 'no label' row was never trained: "
+                         f"{'guidance' if labels else 'sampling without a label'} would use it; retrain with "
+                         "label_dropout > 0")
+    return float(w)
 
 
 class Diffusion:
@@ -149,6 +165,8 @@ class Diffusion:
         The chain starts at a draw of p̃(x_T) unless x_T is given.
         """
         rng = backend.default_rng(seed) if rng is None else rng
+        if self.num_classes is not None:
+            check_guidance(guidance, self.config["label_dropout"], labels is not None)
         if labels is not None:
             if self.num_classes is None:
                 raise ValueError("labels need a class-conditional model (Diffusion(..., num_classes=K))")

@@ -304,10 +304,11 @@ def test_a_failing_disk_during_sample_is_one_line_and_keeps_the_old_samples(fold
     monkeypatch.setattr(fileio, "_open", failing)
     before = snapshot(folder)
     capsys.readouterr()
-    rc = cli.main(["sample", str(folder / "model.npz"), "--out", str(folder / "old_samples.npy"), "--n", "20"])
+    rc = cli.main(["sample", str(folder / "model.npz"), "--out", str(folder / "old_samples.npy"), "--n", "20",
+                   "--force"])
     err = capsys.readouterr().err
     assert rc == 1 and err.count("\n") == 1 and message in err, err
-    assert "old_samples.npy': " in err and ".tmp-" not in err  # the file asked for, not the temporary one
+    assert "old_samples.npy': " in err and "-tmp-" not in err  # the file asked for, not the temporary one
     assert snapshot(folder) == before
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
+import socket
 import signal
 import subprocess
 import sys
@@ -28,8 +30,72 @@ def test_replacing_writes_the_exact_name_and_leaves_nothing_else(tmp_path):
 
 
 def test_temporary_name_is_in_the_same_folder_and_keeps_the_extension(tmp_path):
-    tmp = fileio.temp_path(tmp_path / "heart.png", pid=123)
-    assert tmp == str(tmp_path / "heart.tmp-123.png")
+    tmp = fileio.temp_path(tmp_path / "heart.png", pid=123, nonce="0badf00d")
+    check = fileio._check("heart.png", 123, "0badf00d")
+    assert tmp == str(tmp_path / f"heart.npdiff-tmp-123-0badf00d-{check}.png")
+    assert fileio.temp_path(tmp_path / "heart.png") != fileio.temp_path(tmp_path / "heart.png")  # a fresh nonce
+
+
+def test_cleanup_removes_only_npdiffs_own_orphans_never_a_users_file_of_a_similar_name(tmp_path):
+    path = tmp_path / "model.npz"
+    dead = _dead_pid()
+    ours = Path(fileio.temp_path(path, dead))
+    users = [tmp_path / f"model.tmp-{dead}.npz", tmp_path / f"model.npdiff-tmp-{dead}-0badf00d-12345678.npz",
+             tmp_path / f"model.npdiff-tmp-{dead}-0badf00d.npz",
+             Path(fileio.temp_path(tmp_path / "other.npz", dead)).with_name(ours.name.replace("model", "other"))]
+    for p in (ours, *users):
+        p.write_bytes(b"precious")
+    assert fileio.remove_stale(path) == [ours.name]
+    assert all(p.read_bytes() == b"precious" for p in users)
+
+
+def test_a_write_never_opens_an_existing_file_under_its_temporary_name(tmp_path, monkeypatch):
+    path = tmp_path / "x.npy"
+    taken = fileio.temp_path(path, nonce="0badf00d")
+    Path(taken).write_bytes(b"a user's file")
+    monkeypatch.setattr(fileio, "temp_path", lambda p, pid=None, nonce=None: taken)
+    with pytest.raises(FileExistsError):
+        fileio.save_array(path, np.zeros(3))
+    assert Path(taken).read_bytes() == b"a user's file" and not path.exists()
+
+
+def test_an_atomic_write_syncs_the_file_before_the_rename_and_the_folder_after(tmp_path, monkeypatch):
+    calls = []
+    real_fsync, real_replace, real_open = os.fsync, os.replace, os.open
+    folders = {}
+
+    def fsync(fd):
+        calls.append(("fsync", folders.get(fd, "file")))
+        real_fsync(fd)
+
+    def opened(path, flags, *args):
+        fd = real_open(path, flags, *args)
+        if os.path.isdir(path):
+            folders[fd] = "folder"
+        return fd
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "open", opened)
+    monkeypatch.setattr(os, "replace", lambda a, b: (calls.append(("replace", os.path.basename(b))), real_replace(a, b)))
+    fileio.save_array(tmp_path / "x.npy", np.arange(3.0))
+    rename = calls.index(("replace", "x.npy"))
+    assert ("fsync", "file") in calls[:rename], calls
+    assert calls[rename + 1:] == [("fsync", "folder")], calls
+    np.testing.assert_array_equal(np.load(tmp_path / "x.npy"), np.arange(3.0))
+
+
+def test_a_second_run_on_one_output_is_refused_naming_the_holder_and_a_dead_holder_is_replaced(tmp_path):
+    path = tmp_path / "model.npz"
+    with fileio.output_lock(path, "npdiff train first"):
+        with pytest.raises(fileio.OutputBusy, match=f"npdiff train first \\(pid {os.getpid()} on"):
+            with fileio.output_lock(path, "npdiff train second"):
+                pass
+    assert os.listdir(tmp_path) == []
+    lock = Path(fileio.lock_path(path))
+    lock.write_text(json.dumps({"pid": _dead_pid(), "host": socket.gethostname(), "command": "killed"}))
+    with fileio.output_lock(path, "npdiff train"):
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+    assert not lock.exists()
 
 
 def test_a_failed_write_keeps_the_old_file_and_removes_the_temporary_one(tmp_path):
@@ -76,7 +142,7 @@ def _dead_pid() -> int:
 def test_orphans_of_dead_writers_are_removed_on_the_next_write_and_live_ones_kept(tmp_path):
     path = tmp_path / "model.npz"
     dead, alive = fileio.temp_path(path, _dead_pid()), fileio.temp_path(path, os.getppid())
-    other = tmp_path / "model.tmp-notapid.npz"
+    other = tmp_path / "model.npdiff-tmp-notapid.npz"
     for p in (dead, alive, other):
         Path(p).write_bytes(b"partial")
     checkpoint.save(path, Denoiser(2, hidden=4, n_blocks=0, emb_dim=4))

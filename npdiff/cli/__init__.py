@@ -2,10 +2,11 @@
 
     npdiff train DATA --out model.npz [--objective epsilon|hybrid|sohl_dickstein] [--T 1000] [--steps 20000] …
                  [--labels y.npy | --label-column NAME] [--num-classes K] [--label-dropout 0.1] [--no-labels]
-    npdiff sample model.npz --n 2000 --out samples.npy|samples.csv|grid.png [--sampler ancestral|ddim] [--seed 0]
-                  [--label K|balanced|none | --labels y.npy] [--guidance W]
+    npdiff sample model.npz --n 2000 --out samples.npy|samples.csv|grid.png [--force] [--sampler ancestral|ddim]
+                  [--seed 0] [--label K|balanced|none | --labels y.npy] [--guidance W]
     npdiff eval model.npz HELD_OUT [--exact | --n-t 4]
     npdiff eval model.npz IMAGE_FOLDER [--n 500] [--label K|balanced|none] [--guidance W] [--judge-dir DIR]
+                [--retrain-judge]
 
 DATA and HELD_OUT are a ``.npy`` or ``.csv`` file of points (N, D), or a toy set's name (``heart``,
 ``8gaussians``, ``moons``, ``swissroll``, ``checkerboard``, ``circles``; ``--n`` points are drawn). Training
@@ -18,9 +19,12 @@ Labels (a .npy, a column of the data, or an image folder's label file) train a c
 may be an MNIST-format folder: images train as pixel vectors in [−1, 1], ``sample --out x.png`` writes a
 grid, and ``eval`` of a folder prints the image-quality figure (``npdiff.cli.images``).
 
-Errors are one line on stderr, never a traceback. Exit status: 0 success; 2 a usage or input error
-(a flag, a data file, a checkpoint, an output path, a resume mismatch, a request too large for the
-disk), nothing written; 1 a runtime failure (a non-finite loss, a failed write, out of memory);
+Every writer follows one rule (docs/command-line.md, "Outputs"): an existing --out is replaced only with
+--force, never one of the inputs, held by a lock for the run (a second run on it is refused, naming the
+first), and its size is checked against the free space and the file-size limit before any work; a flag the
+command would not use is refused. Errors are one line on stderr, never a traceback. Exit status: 0 success; 2 a usage or input error
+(a flag, a data file, a checkpoint, an output path or one held by another run, a resume mismatch, a request
+too large for the disk or the file-size limit), nothing written; 1 a runtime failure (a non-finite loss, a failed write, out of memory);
 130/143 training stopped by SIGINT/SIGTERM after writing a checkpoint.
 """
 

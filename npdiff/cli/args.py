@@ -9,10 +9,13 @@ older spellings stay as aliases: ``--width`` = ``--hidden``, ``--blocks`` = ``--
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import re
 
+from npdiff.io import fileio
+from npdiff.diffusion import GUIDANCE_RANGE
 from npdiff.processes.conditioning import METHODS as CONDITIONS
 from npdiff.processes.ddpm import PREDICTIONS
 from npdiff.processes.schedules import SCHEDULES
@@ -21,10 +24,47 @@ OBJECTIVES = ("epsilon", "hybrid", "sohl_dickstein")
 VARIANCES = ("fixed_small", "fixed_large", "learned_range")
 SAMPLERS = ("ancestral", "ddim")
 DEFAULT_CHUNK = 4096  # rows of network input at once in sample/eval: a few MB of activations for the default model
+# defaults of flags that default to None, so that a command can tell a flag given from one left out and refuse a
+# flag it would not use
+DEFAULT_TOY_POINTS, DEFAULT_COORD_SCALE, DEFAULT_N_T = 8000, 25.0, 4
+DEFAULT_JUDGE_DIR = os.path.join("out", "image_quality")
 
 
 class UsageError(ValueError):
     """A flag, input file or output path that cannot work; exit status 2, nothing written."""
+
+
+def check_distinct(out: str, inputs) -> None:
+    """Refuse an output that is the same file as one of the inputs (``inputs``: (flag, path or None) pairs)."""
+    for flag, path in inputs:
+        if path is not None and os.path.exists(path) and fileio.same_file(out, path):
+            raise UsageError(f"--out {out!r} is the same file as {flag} {path!r}: writing it would destroy the "
+                             "input; choose another --out")
+
+
+@contextlib.contextmanager
+def holding(path: str, command: str):
+    """Hold the lock of output ``path`` for this run (``fileio.output_lock``); a run holding it already is a
+    UsageError naming that run."""
+    lock = fileio.output_lock(path, command)
+    try:
+        lock.__enter__()
+    except fileio.OutputBusy as err:
+        raise UsageError(str(err)) from None
+    except OSError as err:
+        raise UsageError(f"--out {path!r}: cannot create its lock file: {err.strerror or err}") from None
+    try:
+        yield
+    finally:
+        lock.__exit__(None, None, None)
+
+
+def refuse_unused(flags) -> None:
+    """A flag that the command would not use is an error, not silently ignored: ``flags`` are (flag, given, why)."""
+    unused = [(flag, why) for flag, given, why in flags if given]
+    if unused:
+        flag, why = unused[0]
+        raise UsageError(f"{flag} is not used here: {why}; drop it")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -95,9 +135,9 @@ def _model_flags(p) -> None:
     p.add_argument("--hidden", "--width", type=integer(1), default=128, help="hidden width H (default 128)")
     p.add_argument("--n-blocks", "--blocks", type=integer(0), default=3, help="residual blocks (default 3)")
     p.add_argument("--emb-dim", "--emb", type=integer(2), default=64, help="sinusoidal embedding size (default 64)")
-    p.add_argument("--coord-scale", type=number(0, low_open=True), default=25.0,
-                   help="sinusoidal scale of the coordinates (default 25; unused for images, whose pixels go in "
-                        "as they are)")
+    p.add_argument("--coord-scale", type=number(0, low_open=True), default=None,
+                   help=f"sinusoidal scale of the coordinates (default {DEFAULT_COORD_SCALE:g}; refused for images, "
+                        "whose pixels go in as they are)")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -143,7 +183,9 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sample", help="draw samples from a checkpoint")
     s.add_argument("checkpoint")
     s.add_argument("--out", required=True, help="where to write the samples: a .npy or .csv file, or a .png grid "
-                                                "for a model of images (.npy/.csv hold the vectors on [-1, 1])")
+                                                "for a model of images (.npy/.csv hold the vectors on [-1, 1]); "
+                                                "never one of the inputs")
+    s.add_argument("--force", action="store_true", help="replace an existing file at --out")
     s.add_argument("--max-output", type=size, default=None,
                    help="refuse to write more than this (e.g. 2G); the free disk space is always a limit")
     s.add_argument("--given", metavar="FILE", default=None,
@@ -167,15 +209,19 @@ def parser() -> argparse.ArgumentParser:
                                 "(both splits): then --n samples are scored by FCD, accuracy on their classes and "
                                 "entropy, beside baselines")
     e.add_argument("--exact", action="store_true", help="every t for every point (N·T network calls)")
-    e.add_argument("--n-t", type=integer(1), default=4, help="Monte-Carlo draws of t per point (default 4)")
-    e.add_argument("--judge-dir", default=os.path.join("out", "image_quality"),
-                   help="images: where the judge's classifier is cached (trained there on first use; default "
-                        "out/image_quality)")
+    e.add_argument("--n-t", type=integer(1), default=None,
+                   help=f"Monte-Carlo draws of t per point (default {DEFAULT_N_T}; not with --exact)")
+    e.add_argument("--judge-dir", default=None,
+                   help=f"images: where the judge's classifier is cached (trained there on first use; default "
+                        f"{DEFAULT_JUDGE_DIR})")
+    e.add_argument("--retrain-judge", action="store_true",
+                   help="images: replace a cached classifier trained on other data or settings (only once this "
+                        "run has succeeded); without it such a cache is refused, never replaced")
 
     for sp, n_help in ((t, "points to draw from a toy set (default 8000)"),
                        (s, "samples to draw (default 2000, or one per line of --labels)"),
                        (e, "points to draw from a toy set (default 10000); images: samples to score (default 500)")):
-        sp.add_argument("--n", type=integer(1), default=8000 if sp is t else None, help=n_help)
+        sp.add_argument("--n", type=integer(1), default=None, help=n_help)
         sp.add_argument("--seed", type=integer(0), default=0)
     for sp, images in ((s, ""), (e, "images: ")):
         sp.add_argument("--sampler", choices=SAMPLERS, default="ancestral",
@@ -189,9 +235,10 @@ def parser() -> argparse.ArgumentParser:
                         help=f"{images}the class of every sample, 'balanced' (sample i has class i mod K) or 'none' "
                              "(the unconditional model); default: " + ("balanced for a class-conditional model"
                                                                       if images else "none"))
-        sp.add_argument("--guidance", type=number(0), default=None, metavar="W",
-                        help=f"{images}classifier-free guidance w >= 0: eps = (1 + w) eps(x, y) - w eps(x, none) "
-                             "(w = 0: the conditional model; diffusers' guidance_scale s = 1 + w)")
+        sp.add_argument("--guidance", type=number(*GUIDANCE_RANGE), default=None, metavar="W",
+                        help=f"{images}classifier-free guidance w in [{GUIDANCE_RANGE[0]:g}, {GUIDANCE_RANGE[1]:g}]: "
+                             "eps = (1 + w) eps(x, y) - w eps(x, none) (w = 0: the conditional model; diffusers' "
+                             "guidance_scale s = 1 + w); needs a model trained with label dropout > 0")
     for sp in (s, e):
         sp.add_argument("--variance", choices=VARIANCES, default=None,
                         help="σ_t² of an ε model's reverse steps: β̃_t (fixed_small, the default for epsilon), "

@@ -1,8 +1,10 @@
 """``npdiff sample`` and ``npdiff eval``: a checked checkpoint, then ``--chunk`` rows at a time.
 
 The checkpoint is validated before use (written by ``npdiff train``, a known objective, finite weights,
-a data scaling of the right size), and so are the flags against it and the output path and the disk
-space. Then points are drawn or evaluated a chunk at a time, so memory does not grow with ``--n``;
+a data scaling of the right size, a meta that fits the model: ``check_meta``), and so are the flags against it
+(a flag that would not be used is refused; guidance in ``GUIDANCE_RANGE``, and only where the 'no label' row was
+trained) and the output path (replaced only with ``--force``, never an input, locked for the run) and the disk
+space and file-size limit. Then points are drawn or evaluated a chunk at a time, so memory does not grow with ``--n``;
 samples go to disk chunk by chunk through one atomic write. Problems found up front raise
 ``UsageError`` (exit status 2, ``npdiff.cli``).
 
@@ -28,9 +30,10 @@ from npdiff.cli import images as cli_images, labels as cli_labels
 from npdiff.io import fileio, streaming
 from npdiff.processes import conditioning, likelihood, sampling
 from npdiff.training import checkpoint
-from npdiff.cli.args import OBJECTIVES, UsageError
+from npdiff.cli.args import (DEFAULT_JUDGE_DIR, DEFAULT_N_T, OBJECTIVES, PREDICTIONS, UsageError, check_distinct,
+                             holding, refuse_unused)
 from npdiff.cli.train import load_data
-from npdiff.diffusion import DEFAULT_VARIANCE
+from npdiff.diffusion import DEFAULT_VARIANCE, check_guidance
 from npdiff.processes.ddpm import EpsilonChain
 from npdiff.io.progress import Progress
 from npdiff.processes.sohl_dickstein import SohlDicksteinChain
@@ -80,9 +83,37 @@ def load_trained(path: str):
         raise UsageError(f"{path!r}: a {meta['objective']} model of {d} dimensions has {width} outputs, "
                          f"this one has {model.config['out_dim']}")
     mean, std = _vector(meta, "data_mean", d, path), _vector(meta, "data_std", d, path, positive=True)
+    check_meta(meta, model, path)
     if not checkpoint.finite_weights(model):
         raise UsageError(f"{path!r} holds non-finite weights (NaN or inf): the run diverged; use an earlier checkpoint")
     return model, schedule, meta, mean, std
+
+
+def check_meta(meta: dict, model, path: str) -> None:
+    """The meta's claims agree with the model: the image shape and the data's shape with its dimension D, the
+    prediction and the label dropout with what this npdiff knows, labels with a class-conditional model."""
+    d, k = model.config["data_dim"], model.config.get("num_classes")
+    shape = cli_images.image_shape(meta, path)
+    if shape is not None and shape[0] * shape[1] != d:
+        raise UsageError(f"{path!r}: the meta's image_shape {shape[0]}×{shape[1]} holds {shape[0] * shape[1]} pixels; "
+                         f"the model's dimension is {d}")
+    seen = meta.get("data_fingerprint", {}).get("shape") if isinstance(meta.get("data_fingerprint"), dict) else None
+    if isinstance(seen, list) and len(seen) >= 2 and all(isinstance(s, int) for s in seen):
+        width = math.prod(seen[1:])
+        if width != d:
+            raise UsageError(f"{path!r}: the meta says the model was trained on data of shape {tuple(seen)} "
+                             f"({width} numbers per point); the model's dimension is {d}")
+    if meta.get("prediction", "eps") not in PREDICTIONS:
+        raise UsageError(f"{path!r}: the meta's prediction {meta.get('prediction')!r} is not one of "
+                         f"{', '.join(PREDICTIONS)}")
+    if meta.get("objective") != "epsilon" and meta.get("prediction", "eps") != "eps":
+        raise UsageError(f"{path!r}: a {meta.get('objective')} model cannot predict {meta.get('prediction')!r}")
+    p = meta.get("label_dropout")
+    if p is not None and not (math.isfinite(_number(p)) and 0 <= p < 1):
+        raise UsageError(f"{path!r}: the meta's label_dropout must be a number in [0, 1), got {p!r}")
+    if k is not None and meta.get("objective") != "epsilon":
+        raise UsageError(f"{path!r}: a class-conditional model must have the epsilon objective, not "
+                         f"{meta.get('objective')!r}")
 
 
 def variance_of(meta: dict, args) -> str | None:
@@ -181,15 +212,22 @@ def check_sample_out(args, d: int, shape=None, columns: int = 1) -> None:
         raise UsageError(f"--out {out!r} is a folder; name a {'.png' if png else '.npy or .csv'} file")
     if not os.path.isdir(os.path.dirname(os.path.abspath(out))):
         raise UsageError(f"--out {out!r}: its folder does not exist (create it first)")
+    if os.path.lexists(out) and not args.force:
+        raise UsageError(f"--out {out!r} exists; pass --force to replace it or choose another --out")
     try:
         fileio.check_writable_folder(out)
     except OSError as err:
         raise UsageError(f"--out {out!r}: cannot write in its folder: {err.strerror or err}") from None
+    if png:
+        try:
+            cli_images.check_grid(args.n, shape, columns)
+        except ValueError as err:
+            raise UsageError(f"--out {out!r}: {err}") from None
     need = (cli_images.grid_bytes(args.n, shape, columns) if png else streaming.estimate_bytes(out, args.n, d))
-    free = streaming.free_bytes(out)
-    limit = free if args.max_output is None else min(free, args.max_output)
+    limit, what = streaming.write_limit(out)
+    if args.max_output is not None and args.max_output < limit:
+        limit, what = args.max_output, "allowed by --max-output"
     if need > limit:
-        what = "free on its disk" if limit == free else "allowed by --max-output"
         raise UsageError(f"--n {args.n} samples need up to {need / 2**20:.1f} MB in {out!r}, more than the "
                          f"{limit / 2**20:.1f} MB {what}; sample fewer or write elsewhere")
 
@@ -261,11 +299,27 @@ def _image_defaults(args, meta, shape) -> None:
         args.clip_x0 = 1.0
 
 
+def check_guided(meta: dict, args, labels) -> None:
+    """--guidance and --label none on a class-conditional model: in the range, and only where the 'no label' row
+    was trained (``diffusion.check_guidance``)."""
+    if meta.get("label_dropout") is None and args.guidance is None:
+        return
+    try:
+        check_guidance(args.guidance or 0.0, meta.get("label_dropout"), labels is not None)
+    except ValueError as err:
+        flag = f"--guidance {args.guidance:g}" if labels is not None else "--label none"
+        raise UsageError(f"{flag}: {err}") from None
+
+
 def cmd_sample(args) -> None:
+    check_distinct(args.out, [("the checkpoint", args.checkpoint), ("--given", args.given),
+                              ("--observed", args.observed), ("--labels", args.labels)])
     model, schedule, meta, mean, std = load_trained(args.checkpoint)
     d = mean.size
     shape = cli_images.image_shape(meta, args.checkpoint)
     labels, args.n, what = cli_labels.sampling_labels(args, model.config.get("num_classes"), args.checkpoint)
+    if model.config.get("num_classes") is not None:
+        check_guided(meta, args, labels)
     variance = variance_of(meta, args)
     _image_defaults(args, meta, shape)
     check_sample_flags(meta, args, schedule)
@@ -273,15 +327,24 @@ def cmd_sample(args) -> None:
     k = model.config.get("num_classes")
     columns = cli_images.grid_columns(args.n, k if args.label == "balanced" else None)
     check_sample_out(args, d, shape, columns)
+    with holding(args.out, "npdiff sample"):  # a second run on this --out is refused, not raced
+        if os.path.lexists(args.out) and not args.force:  # written by a run that finished since the check
+            raise UsageError(f"--out {args.out!r} exists; pass --force to replace it or choose another --out")
+        _write_samples(args, model, schedule, meta, variance, condition, given, labels, mean, std, shape, columns,
+                       what)
+
+
+def _write_samples(args, model, schedule, meta, variance, condition, given, labels, mean, std, shape, columns,
+                   what: str) -> None:
+    """Draw the samples chunk by chunk into --out (a .npy/.csv file, or a PNG grid one row of tiles at a time)."""
+    d, k = mean.size, model.config.get("num_classes")
     chunks = draw(model, schedule, meta, args, variance, condition, given, labels, args.n, mean, std)
     bar = Progress(args.n, label="sampled", unit="points" if shape is None else "images")
     if os.path.splitext(args.out)[1].lower() == ".png":
-        parts, done = [], 0
-        for x in chunks:
-            parts.append(x)
-            done += len(x)
-            bar.update(done)
-        cli_images.write_grid(args.out, np.concatenate(parts), shape, columns)
+        with cli_images.write_grid_rows(args.out, args.n, shape, columns) as grid:  # uint8 rows of tiles, streamed
+            for x in chunks:
+                grid.write(x)
+                bar.update(grid.count)
     else:
         with streaming.write_points(args.out, args.n, d) as writer:
             for x in chunks:
@@ -304,7 +367,22 @@ def held_out_blocks(args, x):
 
 
 def cmd_eval(args) -> None:
-    if cli_images.is_image_folder(args.data):
+    images = cli_images.is_image_folder(args.data)
+    toy = args.data in data.TOY_SETS
+    refuse_unused([("--exact", args.exact and images, "the image figure scores samples; the bound of points takes "
+                    "--exact"),
+                   ("--n-t", args.n_t is not None and images, "the image figure scores samples; the bound of points "
+                    "takes --n-t"),
+                   ("--n-t", args.n_t is not None and args.exact, "--exact runs every t, not --n-t draws"),
+                   ("--judge-dir", args.judge_dir is not None and not images, "the judge scores samples of an image "
+                    "folder"),
+                   ("--retrain-judge", args.retrain_judge and not images, "the judge scores samples of an image "
+                    "folder"),
+                   ("--n", args.n is not None and not images and not toy, f"it sets how many points a toy set draws, "
+                    f"and {args.data!r} is a file whose points are all evaluated")])
+    args.n_t = DEFAULT_N_T if args.n_t is None else args.n_t
+    if images:
+        args.judge_dir = DEFAULT_JUDGE_DIR if args.judge_dir is None else args.judge_dir
         return eval_images(args)
     image_flags = [flag for flag, on in (("--label", args.label is not None), ("--guidance", args.guidance is not None),
                                          ("--sampler ddim", args.sampler == "ddim"),
@@ -358,10 +436,14 @@ def eval_images(args) -> None:
     k = model.config.get("num_classes")
     labels, n, what = cli_labels.sampling_labels(args, k, args.checkpoint, default="balanced",
                                                  n_default=EVAL_IMAGES)
+    if k is not None:
+        check_guided(meta, args, labels)
     variance = variance_of(meta, args)
     _image_defaults(args, meta, shape)
     check_sample_flags(meta, args, schedule)
-    judge = cli_images.load_judge(args.judge_dir, args.data, shape, n, labels)
+    cache = os.path.join(args.judge_dir, "classifier.npz")
+    check_distinct(cache, [("the checkpoint", args.checkpoint)])
+    judge, commit = cli_images.load_judge(args.judge_dir, args.data, shape, n, labels, args.retrain_judge)
     c = judge.classifier
     print(f"judge: classifier {c.source} ({os.path.join(args.judge_dir, 'classifier.npz')}), test accuracy "
           f"{100 * c.meta['test_accuracy']:.1f} % on {c.meta['n_test']} images of {args.data}")
@@ -377,6 +459,7 @@ def eval_images(args) -> None:
     clip = "" if args.clip_x0 is None else f", x0-hat clipped to ±{args.clip_x0:g}"
     print(f"{n} samples of {args.checkpoint} in {time.perf_counter() - start:.1f} s: {what}; {sampler} sampler{clip}")
     judge.report(np.concatenate(parts), labels, n=n, seed=args.seed, name="npdiff samples")
+    commit()  # a newly trained classifier becomes the cache only now, after a successful run
 
 
 def report(method: str, values, gains, d: int, log_det: float, seconds: float) -> None:

@@ -1,9 +1,10 @@
 """``npdiff train``: check everything up front, then train with checkpoints that a resume can trust.
 
-Before any step: the output path (a writable .npz in an existing folder; an existing checkpoint is
-replaced only with ``--force`` or continued with ``--resume``), the data (a file or a toy set; at
-least 2 points whose standardisation does not overflow), the checkpoint's size against the free
-disk (a warning above 100 MB). A resumed run must repeat every setting that defines it (objective,
+Before any step: the flags this run would not use (``--n`` with a data file, ``--coord-scale`` for images), the
+output path (a writable .npz in an existing folder, not an input; an existing checkpoint is replaced only with
+``--force`` or continued with ``--resume``; held by a lock for the whole run, so that a second run on it is
+refused), the data (a file or a toy set; at least 2 points whose standardisation does not overflow), the
+checkpoint's size against the free disk and the file-size limit (a warning above 100 MB). A resumed run must repeat every setting that defines it (objective,
 schedule, model, data fingerprint and labels, EMA, batch size, lr, label dropout); only ``--steps`` and
 ``--checkpoint-every`` may change. Problems raise ``UsageError`` (exit status 2, ``npdiff.cli``).
 
@@ -26,7 +27,7 @@ from npdiff.cli import images as cli_images, labels as cli_labels
 from npdiff.images import idx
 from npdiff.io import streaming
 from npdiff.training import checkpoint, safeguards, train
-from npdiff.cli.args import UsageError
+from npdiff.cli.args import DEFAULT_COORD_SCALE, DEFAULT_TOY_POINTS, UsageError, check_distinct, holding, refuse_unused
 from npdiff.diffusion import DEFAULT_VARIANCE, Diffusion
 from npdiff.nn.optim import EMA, AdamW, cosine_lr
 
@@ -98,7 +99,7 @@ def load_training_data(args) -> TrainingData:
         x, labels = cli_labels.split_label_column(args.data, args.label_column)
         source = f"column {args.label_column!r} of {args.data}"
     else:
-        x = load_data(args.data, args.n, args.seed)
+        x = load_data(args.data, DEFAULT_TOY_POINTS if args.n is None else args.n, args.seed)
         labels, source = None, None
         if args.labels is not None:
             labels, source = cli_labels.read_label_file(args.labels), args.labels
@@ -120,7 +121,8 @@ def build(args, data_dim: int, num_classes: int | None = None, images: bool = Fa
                          "trains its own outputs)")
     return Diffusion(data_dim, args.objective, args.T, args.schedule, prediction=args.prediction,
                      hidden=args.hidden, n_blocks=args.n_blocks,
-                     emb_dim=args.emb_dim, coord_scale=args.coord_scale, seed=args.seed, num_classes=num_classes,
+                     emb_dim=args.emb_dim, coord_scale=DEFAULT_COORD_SCALE if args.coord_scale is None else args.coord_scale,
+                     seed=args.seed, num_classes=num_classes,
                      label_dropout=label_dropout(args), embed_coords=not images)
 
 
@@ -128,15 +130,33 @@ def label_dropout(args) -> float:
     return cli_labels.DEFAULT_DROPOUT if args.label_dropout is None else args.label_dropout
 
 
-def check_train_out(args):
-    """Validate --out before any work; returns the checkpoint to resume (or None)."""
-    out = args.out
+def check_train_flags(args) -> None:
+    """The flags that this run would not use, and an --out that is one of the inputs; before anything is read."""
+    toy = args.data in data.TOY_SETS  # as load_data reads it
+    images = cli_images.is_image_folder(args.data)
+    refuse_unused([("--n", args.n is not None and not toy, f"it sets how many points a toy set draws, and "
+                    f"{args.data!r} is not a toy set"),
+                   ("--coord-scale", args.coord_scale is not None and images, "an image folder's pixels go in as "
+                    "they are, without the coordinate embedding")])
+    if args.resume and args.force:
+        raise UsageError("--resume continues the checkpoint at --out and --force replaces it: pass one of them")
+    check_distinct(args.out, [("DATA", None if toy else args.data), ("--labels", args.labels)])
+
+
+def check_out_path(out: str) -> None:
+    """--out names a .npz file in an existing folder where a file can be created."""
     if os.path.splitext(out)[1].lower() != ".npz":
         raise UsageError(f"--out {out!r}: name a .npz checkpoint file")
     try:
         safeguards.check_checkpoint_path(out)
     except OSError as err:
         raise UsageError(f"--out {out!r}: cannot write in its folder: {err.strerror or err}") from None
+
+
+def check_train_out(args):
+    """Validate --out before any work; returns the checkpoint to resume (or None)."""
+    out = args.out
+    check_out_path(out)
     if args.resume and args.force:
         raise UsageError("--resume continues the checkpoint at --out and --force replaces it: pass one of them")
     if not os.path.exists(out):
@@ -196,6 +216,13 @@ def resume_mismatches(ckpt, args, model, schedule, data_print: dict, batch_size:
 
 
 def cmd_train(args) -> None:
+    check_train_flags(args)
+    check_out_path(args.out)
+    with holding(args.out, "npdiff train"):  # a second run on this --out is refused, not raced
+        _train(args)
+
+
+def _train(args) -> None:
     ckpt = check_train_out(args)
     loaded = load_training_data(args)
     z, labels, data_print = loaded.z, loaded.labels, loaded.data_print
@@ -219,10 +246,11 @@ def cmd_train(args) -> None:
             return
         print(f"resuming {args.out} at step {first} of {args.steps}")
     size = checkpoint.estimate_bytes(model, optimizer=True, ema=args.ema > 0, extra=8 * len(z) + 24 * args.steps)
-    free = streaming.free_bytes(args.out)
-    if size > free:
-        raise UsageError(f"the checkpoint will need about {size / 2**20:.0f} MB but {free / 2**20:.0f} MB are free "
-                         f"for --out {args.out!r}; free space or choose a smaller model (--hidden, --emb-dim)")
+    limit, what = streaming.write_limit(args.out)
+    if size > limit:
+        raise UsageError(f"the checkpoint will need about {size / 2**20:.0f} MB but {limit / 2**20:.0f} MB are {what} "
+                         f"for --out {args.out!r}; free space, raise the limit or choose a smaller model (--hidden, "
+                         "--emb-dim)")
     if size > checkpoint.WARN_BYTES:
         print(f"npdiff train: warning: the checkpoint will be about {size / 2**20:.0f} MB "
               f"({model.flat_params.size} parameters); a smaller --hidden or --emb-dim makes it smaller",

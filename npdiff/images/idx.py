@@ -31,6 +31,7 @@ import http.client
 import math
 import os
 import shutil
+import struct
 import tempfile
 import urllib.error
 import urllib.request
@@ -55,22 +56,80 @@ MNIST_MD5 = {"train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
              "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
              "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c"}
 _GZIP_MAGIC = b"\x1f\x8b"
+MAX_IDX_BYTES = 2**31  # the largest IDX file npdiff reads or expands from gzip (MNIST's train images: 47 MB)
+_READ_BLOCK = 1 << 20  # compressed bytes read at a time
 
 
 class DownloadError(OSError):
     """A file could not be fetched (network error, HTTP error, or a body that is not an IDX file)."""
 
 
-def _read_bytes(path: str) -> bytes:
-    """The file's bytes, gunzipped when they start with the gzip magic (whatever the file's name)."""
+def _read_bytes(path: str, limit: int = MAX_IDX_BYTES) -> bytes:
+    """The file's bytes, gunzipped when they start with the gzip magic (whatever the file's name), in bounded
+    memory: an IDX file larger than ``limit`` is refused, and a gzipped one is expanded only as far as its IDX
+    header promises (checked against the cap and the gzip trailer's declared size first)."""
     with open(path, "rb") as f:
-        raw = f.read()
-    if not raw.startswith(_GZIP_MAGIC):
-        return raw
-    try:
-        return gzip.decompress(raw)
-    except (EOFError, OSError, zlib.error) as err:  # truncated stream, bad header or CRC
-        raise ValueError(f"{path}: corrupt or truncated gzip data ({err})") from None
+        gzipped = f.read(2) == _GZIP_MAGIC
+        size = os.fstat(f.fileno()).st_size
+        if not gzipped:
+            if size > limit:
+                raise ValueError(f"{path}: {size} bytes, more than the {limit} bytes npdiff reads from an IDX file")
+            f.seek(0)
+            return f.read()
+        declared = None
+        if size >= 18:  # a gzip member's trailer ends with ISIZE, its uncompressed size mod 2**32
+            f.seek(-4, os.SEEK_END)
+            declared = struct.unpack("<I", f.read(4))[0]
+        f.seek(0)
+        try:
+            return _gunzip_idx(f, path, limit, declared)
+        except zlib.error as err:  # a bad header, block or CRC
+            raise ValueError(f"{path}: corrupt or truncated gzip data ({err})") from None
+
+
+def _promised(head: bytes | bytearray) -> int | None:
+    """The total size an IDX header promises (header and data), once ``head`` holds the whole header."""
+    if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] not in TYPE_CODES:
+        return 4 if len(head) < 4 else -1  # -1: not an IDX header (parse_idx says why)
+    start = 4 + 4 * head[3]
+    if len(head) < start:
+        return None
+    dims = struct.unpack(f">{head[3]}I", bytes(head[4:start]))
+    return start + math.prod(dims) * TYPE_CODES[head[2]].itemsize
+
+
+def _gunzip_idx(f, path: str, limit: int, declared: int | None) -> bytearray:
+    """Expand the gzip stream of f up to one byte past what its IDX header promises (parse_idx then reports
+    trailing bytes), never past ``limit``."""
+    out, pending = bytearray(), b""
+    stream = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    want = None  # the IDX file's total size, once its header is out
+    while True:
+        if not pending:
+            if stream.eof:
+                pending = stream.unused_data or f.read(_READ_BLOCK)
+                if not pending:
+                    break
+                stream = zlib.decompressobj(16 + zlib.MAX_WBITS)  # another gzip member follows
+            else:
+                pending = f.read(_READ_BLOCK)
+                if not pending:
+                    raise ValueError(f"{path}: corrupt or truncated gzip data (the stream ends early)")
+        room = (want if want is not None and want >= 0 else 4 + 4 * 255) + 1 - len(out)
+        out += stream.decompress(pending, max(room, 1))
+        pending = stream.unconsumed_tail
+        if want is None or want == 4:
+            want = _promised(out)
+            if want is not None and want > 4:
+                if want > limit:
+                    raise ValueError(f"{path}: its IDX header promises {want} bytes, more than the {limit} bytes "
+                                     "npdiff expands from a gzip file")
+                if declared is not None and declared != want % 2**32:
+                    raise ValueError(f"{path}: corrupt or truncated gzip data: its trailer declares {declared} "
+                                     f"bytes but its IDX header promises {want}")
+        if want == -1 or (want is not None and want > 4 and len(out) > want):
+            break  # not IDX, or trailing bytes: parse_idx names the problem without expanding the rest
+    return out
 
 
 def parse_idx(buf: bytes, name: str = "<bytes>") -> np.ndarray:

@@ -50,6 +50,25 @@ def free_bytes(path) -> int:
     return shutil.disk_usage(os.path.dirname(os.path.abspath(os.fspath(path)))).free
 
 
+def file_size_limit() -> int | None:
+    """The largest file this process may write (``ulimit -f``, RLIMIT_FSIZE), or None when unlimited."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    return None if soft == resource.RLIM_INFINITY or soft < 0 else int(soft)
+
+
+def write_limit(path) -> tuple[int, str]:
+    """(bytes, what limits them): the most that can be written to ``path``, the free space of its disk or the
+    file-size limit, whichever is smaller; checked before any work so that a run does not fail at its end."""
+    free, cap = free_bytes(path), file_size_limit()
+    if cap is not None and cap < free:
+        return cap, "allowed by the file-size limit (ulimit -f)"
+    return free, "free on its disk"
+
+
 class _PointWriter:
     """Appends float64 rows (C, D) to an open file in the format of its name; checks the count at the end."""
 

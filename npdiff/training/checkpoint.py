@@ -25,6 +25,7 @@ import json
 import math
 import os
 import reprlib
+import zipfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,6 +39,7 @@ FORMAT_VERSION = 1
 IGNORED_CONFIG = ("seed", "dtype")  # the init seed is overwritten; weights convert to the model's dtype
 MAX_T = 1_000_000  # a stored schedule longer than this is refused before its arrays are allocated
 WARN_BYTES = 100 * 2**20  # the command line warns when a checkpoint will be larger than this
+MAX_BYTES = 16 * 2**30  # a checkpoint whose arrays would expand beyond this is refused before any is read
 
 
 def _json_default(value):
@@ -167,8 +169,34 @@ class Checkpoint:
             backend.set_rng_state(rng, rng_state)
 
 
+def _check_sizes(path: str, limit: int = MAX_BYTES) -> None:
+    """Before anything is expanded: the archive's declared sizes fit ``limit``, and no member's .npy header
+    promises more than the member declares (zipfile never reads past a member's declared size)."""
+    if not zipfile.is_zipfile(path):
+        return  # np.load says what the file is
+    with zipfile.ZipFile(path) as archive:
+        members = archive.infolist()
+        total = sum(m.file_size for m in members)
+        if total > limit:
+            raise ValueError(f"its arrays declare {total} bytes, more than the {limit} npdiff reads from a checkpoint")
+        for member in members:
+            if not member.filename.endswith(".npy"):
+                continue
+            with archive.open(member) as f:
+                version = np.lib.format.read_magic(f)
+                reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                    np.lib.format.read_array_header_2_0
+                shape, _, dtype = reader(f, max_header_size=10_000)
+                header = f.tell()
+            promised = math.prod(shape) * dtype.itemsize
+            if not dtype.hasobject and promised > member.file_size - header:
+                raise ValueError(f"member {member.filename!r} promises {promised} bytes of {dtype} {shape} but holds "
+                                 f"{member.file_size - header}")
+
+
 def _read_arrays(path: str) -> dict:
     try:
+        _check_sizes(path)
         loaded = np.load(path, allow_pickle=False)
         if isinstance(loaded, np.ndarray):
             raise ValueError("it holds a single .npy array, not an .npz archive")
