@@ -72,3 +72,78 @@ class GaussianOracle:
             self._tables[key] = (backend.asarray(self.coef, x_t.dtype), backend.asarray(self.log_var, x_t.dtype))
         coef, log_var = self._tables[key]
         return coef[t][:, None] * x_t, backend.xp.broadcast_to(log_var[t][:, None], x_t.shape)
+
+
+# Continuous-time oracles (``npdiff.processes.ode``, ``npdiff.processes.flow``): for data N(m, S), S = Q Λ Qᵀ,
+# and y = x_0 + σ ε, every quantity of the probability-flow ODE is a matrix function of S:
+#     p_σ(y) = N(m, S + σ² I)                                              the marginal at noise level σ
+#     D*(y, σ) = E[x_0 | y] = m + S (S + σ² I)⁻¹ (y − m)                    the exact denoiser
+#     y(σ') = m + (S + σ'² I)^½ (S + σ² I)^−½ (y(σ) − m)                   the ODE's exact solution
+# and on the flow path x_t = (1 − t) x_0 + t ε, with C_t = (1 − t)² S + t² I:
+#     v*(x, t) = E[ε − x_0 | x_t = x] = (t I − (1 − t) S) C_t⁻¹ (x − (1 − t) m) − m      the exact velocity
+
+
+class _GaussianSpectrum:
+    """Data N(m, S) by its eigendecomposition; ``matrix(g)`` is Q diag(g(λ)) Qᵀ."""
+
+    def __init__(self, mean, cov, dtype: str = "float64") -> None:
+        self.mean = np.asarray(mean, dtype=np.float64)  # (D,)
+        self.cov = np.asarray(cov, dtype=np.float64)  # (D, D)
+        self.eigvals, self.eigvecs = np.linalg.eigh(self.cov)  # Λ (D,), Q (D, D)
+        self.data_dim, self.dtype = self.mean.size, backend.xp.dtype(dtype)
+
+    def matrix(self, g, like):
+        """Q diag(g) Qᵀ (D, D), symmetric, on like's backend in its dtype."""
+        return backend.asarray((self.eigvecs * g) @ self.eigvecs.T, dtype=like.dtype)
+
+
+class GaussianDenoiser(_GaussianSpectrum):
+    """The exact denoiser D*(y, σ) of data N(m, S) at every continuous σ ≥ 0, with its vector–Jacobian product,
+    the marginal density p_σ and the ODE's exact solution (the block comment above)."""
+
+    def round_sigma(self, sigma: float) -> float:
+        return float(sigma)  # every σ is a level of the exact denoiser
+
+    def __call__(self, y, sigma: float):
+        """m + (y − m) S (S + σ² I)⁻¹.  y (N, D) -> (N, D)"""
+        m = backend.asarray(self.mean, dtype=y.dtype)
+        return m + (y - m) @ self.matrix(self.eigvals / (self.eigvals + sigma * sigma), y)
+
+    def vjp(self, y, sigma: float, u):
+        """uᵀ ∂D*/∂y = u S (S + σ² I)⁻¹ (the Jacobian is symmetric).  u (N, D) -> (N, D)"""
+        return u @ self.matrix(self.eigvals / (self.eigvals + sigma * sigma), u)
+
+    def marginal_cov(self, sigma: float) -> np.ndarray:
+        """S + σ² I (D, D), the covariance of y at noise level σ."""
+        return self.cov + sigma * sigma * np.eye(self.data_dim)
+
+    def log_marginal(self, y, sigma: float):
+        """log N(y; m, S + σ² I) per row, nats.  y (N, D) -> (N,)"""
+        var = self.eigvals + sigma * sigma  # (D,)
+        z = backend.to_numpy(y - backend.asarray(self.mean, dtype=y.dtype)) @ self.eigvecs  # Qᵀ(y − m) per row
+        return -0.5 * ((z * z / var).sum(axis=1) + np.log(var).sum() + self.data_dim * np.log(2 * np.pi))
+
+    def transport(self, y, sigma: float, sigma_to: float):
+        """The ODE's exact solution: y at σ carried to σ_to.  y (N, D) -> (N, D)"""
+        m = backend.asarray(self.mean, dtype=y.dtype)
+        ratio = np.sqrt((self.eigvals + sigma_to ** 2) / (self.eigvals + sigma ** 2))
+        return m + (y - m) @ self.matrix(ratio, y)
+
+
+class GaussianVelocity(_GaussianSpectrum):
+    """The exact flow-matching velocity v*(x, t) of data N(m, S) on x_t = (1 − t) x_0 + t ε, every t in [0, 1]."""
+
+    def round_t(self, t: float) -> float:
+        return float(t)  # every t is a time of the exact velocity
+
+    def __call__(self, x, t: float):
+        """(x − (1−t) m) (t I − (1−t) S) C_t⁻¹ − m.  x (N, D) -> (N, D)"""
+        m = backend.asarray(self.mean, dtype=x.dtype)
+        lam = self.eigvals
+        gain = (t - (1 - t) * lam) / ((1 - t) ** 2 * lam + t * t)  # the eigenvalues of (tI − (1−t)S) C_t⁻¹
+        return (x - (1 - t) * m) @ self.matrix(gain, x) - m
+
+    def vjp(self, x, t: float, u):
+        """uᵀ ∂v*/∂x (the Jacobian is symmetric).  u (N, D) -> (N, D)"""
+        lam = self.eigvals
+        return u @ self.matrix((t - (1 - t) * lam) / ((1 - t) ** 2 * lam + t * t), u)
