@@ -34,7 +34,8 @@ def test_flow_objective_gradients_equal_central_differences(num_classes):
     model.zero_grad()
     objective.loss_and_backward(model, x0, y=y, t=t, noise=noise)
     analytic = {name: g.copy() for name, g in model.gradients().items()}
-    report = gradcheck.check(lambda: objective.loss(model, x0, y=y, t=t, noise=noise), dict(model.parameters()), analytic)
+    report = gradcheck.check(lambda: objective.loss(model, x0, y=y, t=t, noise=noise), dict(model.parameters()),
+                             analytic)
     assert gradcheck.worst(report) < 1e-6, gradcheck.format_report(report)
 
 
@@ -72,7 +73,8 @@ def test_exact_velocity_is_the_posterior_noise_minus_the_posterior_data():
         x0_hat = denoiser(x / (1 - t), t / (1 - t))
         eps_hat = (x - (1 - t) * x0_hat) / t
         np.testing.assert_allclose(velocity(x, t), eps_hat - x0_hat, rtol=1e-12, atol=1e-12)
-        np.testing.assert_allclose(flow.FlowDenoiser(velocity)(x / (1 - t), t / (1 - t)), x0_hat, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(flow.FlowDenoiser(velocity)(x / (1 - t), t / (1 - t)), x0_hat,
+                                   rtol=1e-12, atol=1e-12)
 
 
 def test_exact_velocity_minimises_the_flow_loss():
@@ -84,7 +86,8 @@ def test_exact_velocity_minimises_the_flow_loss():
     design = np.hstack([x_t, np.ones((x_t.shape[0], 1))])
     coef = np.linalg.lstsq(design, flow.velocity_target(x0, noise), rcond=None)[0]
     grid = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
-    np.testing.assert_allclose(np.hstack([grid, np.ones((3, 1))]) @ coef, GaussianVelocity(MEAN, COV)(grid, t), atol=0.01)
+    fitted = np.hstack([grid, np.ones((3, 1))]) @ coef
+    np.testing.assert_allclose(fitted, GaussianVelocity(MEAN, COV)(grid, t), atol=0.01)
 
 
 def test_euler_on_the_exact_velocity_carries_noise_to_the_data():
@@ -137,7 +140,8 @@ def test_flow_training_learns_the_gaussian_velocity():
     from npdiff.nn.optim import Adam
 
     rng = np.random.default_rng(7)
-    model, objective = Denoiser(2, hidden=32, n_blocks=2, emb_dim=8, coord_scale=1.0, dtype="float64", seed=0), flow.FlowObjective(100)
+    model = Denoiser(2, hidden=32, n_blocks=2, emb_dim=8, coord_scale=1.0, dtype="float64", seed=0)
+    objective = flow.FlowObjective(100)
     velocity = flow.FlowVelocity(model, objective.time)
     grid = flow.flow_time_grid(50, objective.time)
 
@@ -154,3 +158,26 @@ def test_flow_training_learns_the_gaussian_velocity():
     after = cov_error()
     assert after[0] < 0.2 and after[1] < 0.15, (before, after)  # measured: 0.13 and 0.05
     assert not (before[0] < 0.2 and before[1] < 0.15), before  # the untrained model fails it: 0.55 and 0.90
+
+
+def test_a_flow_training_step_on_device_gives_numpys_loss_and_reads_nothing_back(strict_cupy):
+    from npdiff import backend
+
+    x0, t, noise = _batch(64)
+    config = _model().config
+    weights = np.random.default_rng(8).uniform(-0.5, 0.5, backend.to_numpy(Denoiser(**config).flat_params).size)
+    results = {}
+    for where in ("device", "host"):
+        if where == "host":
+            backend.set_backend("numpy")
+        model = Denoiser(**config)
+        model.flat_params[...] = backend.asarray(weights)
+        objective = flow.FlowObjective(1000)
+        t_here = backend.asarray(t)  # device times are trusted: made on the levels
+        strict_cupy.TRANSFERS.reset()
+        loss = objective.loss_and_backward(model, backend.asarray(x0), t=t_here, noise=backend.asarray(noise))
+        objective.loss_and_backward(model, backend.asarray(x0), backend.default_rng(0))  # drawn t and ε
+        if where == "device":
+            assert strict_cupy.TRANSFERS.count == 0, strict_cupy.TRANSFERS.sites()
+        results[where] = float(loss)
+    assert results["device"] == pytest.approx(results["host"], rel=1e-13)

@@ -108,7 +108,8 @@ def test_euler_equals_ddim_with_eta_zero(prediction, steps):
     chain = EpsilonChain(_x0_oracle(schedule, prediction), schedule, prediction=prediction, max_gain=None)
     x_T = np.random.default_rng(2).standard_normal((16, 3))
     ddim = sampling.sample(chain, 16, None, sampler="ddim", ddim_steps=steps, eta=0.0, x_T=x_T)
-    euler = ode.sample_ode(ode.ChainDenoiser(chain), 16, None, ode.ddim_sigmas(schedule, steps), solver="euler", x_T=x_T)
+    euler = ode.sample_ode(ode.ChainDenoiser(chain), 16, None, ode.ddim_sigmas(schedule, steps), solver="euler",
+                           x_T=x_T)
     np.testing.assert_allclose(euler, ddim, rtol=0, atol=1e-12)
 
 
@@ -145,7 +146,8 @@ def test_a_discrete_model_is_sampled_on_its_own_levels_and_reaches_the_data():
     assert all(np.isclose(denoiser.sigmas, s, rtol=1e-12).any() for s in sigmas[:-1])
     start = COV * schedule.alpha_bar[-1] + (1 - schedule.alpha_bar[-1]) * np.eye(3)  # the exact q(x_T)
     scale = ode.prior_std(sigmas[0])
-    mean, cov = final_moments(denoiser, sigmas, "heun", start * scale ** 2, mean=math.sqrt(schedule.alpha_bar[-1]) * MEAN * scale)
+    start_mean = math.sqrt(schedule.alpha_bar[-1]) * MEAN * scale  # y_0 = √(1 + σ_0²) x_T
+    mean, cov = final_moments(denoiser, sigmas, "heun", start * scale ** 2, mean=start_mean)
     assert np.linalg.norm(cov - COV) / np.linalg.norm(COV) < 0.01
     assert np.abs(mean - MEAN).max() < 1e-6
     with pytest.raises(ValueError, match="not a noise level"):
@@ -164,6 +166,23 @@ def test_heun_with_churn_adds_noise_and_still_samples_the_data():
     np.testing.assert_allclose(churned.mean(axis=0), MEAN[:2], atol=0.04)
     with pytest.raises(ValueError, match="rng"):
         ode.solve(oracle, sigmas, x_T, "heun", s_churn=1.0)
+
+
+def test_every_churn_option_changes_what_heun_does():
+    oracle, sigmas = GaussianDenoiser(MEAN, COV), ode.karras_sigmas(16, 2e-3, 80.0)
+    x_T = np.random.default_rng(8).standard_normal((5, 3))
+
+    def run(**options):
+        return ode.sample_ode(oracle, 0, np.random.default_rng(9), sigmas, solver="heun", x_T=x_T, **options)
+
+    plain = run()
+    np.testing.assert_array_equal(run(s_churn=5.0, s_tmin=100.0), plain)  # no σ_i in [S_tmin, S_tmax]: no churn
+    np.testing.assert_array_equal(run(s_churn=5.0, s_tmax=1e-3), plain)
+    quiet = run(s_churn=5.0, s_noise=0.0)  # σ raised to σ̂ without noise: a different, deterministic path
+    assert np.abs(quiet - plain).max() > 1e-4
+    np.testing.assert_array_equal(quiet, run(s_churn=5.0, s_noise=0.0))
+    assert np.abs(run(s_churn=5.0) - quiet).max() > 1e-3
+    assert np.abs(run(s_churn=5.0, s_tmin=1.0) - run(s_churn=5.0)).max() > 1e-3
 
 
 def test_solve_refuses_a_grid_that_does_not_fall_to_zero():
@@ -217,8 +236,10 @@ def _run_diffusers(torch, scheduler, eps, x_T, steps):
 def test_each_solver_equals_diffusers_scheduler_on_the_same_model_outputs(crosscheck, name, solver):
     diffusers, torch = crosscheck("diffusers"), crosscheck("torch")
     schedule, eps, denoise = _eps_model_and_denoiser()
-    options = dict(algorithm_type="dpmsolver++", solver_order=2) if solver == "dpmpp_2m" else dict(timestep_spacing="leading")
-    scheduler = getattr(diffusers, name)(num_train_timesteps=T_CHECK, trained_betas=schedule.betas[1:].tolist(), **options)
+    options = (dict(algorithm_type="dpmsolver++", solver_order=2) if solver == "dpmpp_2m"
+               else dict(timestep_spacing="leading"))  # integer timesteps
+    scheduler = getattr(diffusers, name)(num_train_timesteps=T_CHECK, trained_betas=schedule.betas[1:].tolist(),
+                                         **options)
     x_T = np.random.default_rng(7).standard_normal((8, 3))
     theirs, sigmas = _run_diffusers(torch, scheduler, eps, x_T, 12)
     if solver == "heun":  # diffusers lists each inner level twice, once per evaluation
@@ -227,3 +248,27 @@ def test_each_solver_equals_diffusers_scheduler_on_the_same_model_outputs(crossc
     # diffusers steps in float32 (sigmas, the sample at each step's entry): agreement to float32 rounding
     np.testing.assert_allclose(ours, theirs, rtol=2e-5, atol=2e-5)
     assert np.abs(ours - theirs).max() < 1e-3 * np.abs(ours).max()
+
+
+def test_the_ode_samplers_run_on_device_with_numpys_numbers_and_no_read_back_per_step(strict_cupy):
+    from npdiff import backend
+
+    config = Denoiser(2, hidden=16, n_blocks=1, emb_dim=8, num_classes=3, dtype="float64", seed=4).config
+    weights = np.random.default_rng(4).uniform(-0.5, 0.5, backend.to_numpy(Denoiser(**config).flat_params).size)
+    x_T, labels, schedule = np.random.default_rng(5).standard_normal((6, 2)), np.array([0, 1, 2, 0, 1, 2]), Schedule(50)
+    sigmas = ode.ddim_sigmas(schedule, 10)
+    outputs = {}
+    for where in ("device", "host"):  # the strict CuPy double, then NumPy
+        if where == "host":
+            backend.set_backend("numpy")
+        model = Denoiser(**config)
+        model.flat_params[...] = backend.asarray(weights)
+        chain = EpsilonChain(model, schedule, labels=backend.asarray(labels), guidance=1.5, max_gain=None)
+        x = backend.asarray(x_T)
+        strict_cupy.TRANSFERS.reset()
+        outputs[where] = {solver: ode.solve(ode.ChainDenoiser(chain), sigmas, x, solver) for solver in ode.SOLVERS}
+        if where == "device":
+            assert strict_cupy.TRANSFERS.count == 0, strict_cupy.TRANSFERS.sites()
+        outputs[where] = {k: backend.to_numpy(v) for k, v in outputs[where].items()}
+    for solver in ode.SOLVERS:
+        np.testing.assert_allclose(outputs["device"][solver], outputs["host"][solver], rtol=1e-12, atol=1e-12)

@@ -132,3 +132,19 @@ def test_a_networks_likelihood_runs_on_its_levels_with_either_trace():
         ode_log_likelihood(denoiser, x, sigmas, trace="hutchinson")
     with pytest.raises(ValueError, match="increasing"):
         ode_log_likelihood(denoiser, x, sigmas[::-1])
+
+
+def test_the_ode_likelihood_runs_on_device_reading_back_only_its_result(strict_cupy):
+    from npdiff import backend
+
+    oracle = GaussianDenoiser(MEAN, COV)
+    x = np.random.default_rng(13).multivariate_normal(MEAN, COV, size=10)
+    sigmas = np.geomspace(0.01, 50.0, 41)
+    strict_cupy.TRANSFERS.reset()
+    on_device = ode_log_likelihood(oracle, backend.asarray(x), sigmas, trace="hutchinson", probes=2,
+                                   rng=backend.default_rng(0))
+    assert strict_cupy.TRANSFERS.count == 1, strict_cupy.TRANSFERS.sites()  # the per-point values, once
+    exact = ode_log_likelihood(oracle, backend.asarray(x), sigmas)
+    backend.set_backend("numpy")
+    np.testing.assert_allclose(exact.values, ode_log_likelihood(oracle, x, sigmas).values, rtol=1e-12)
+    assert np.isfinite(on_device.values).all()

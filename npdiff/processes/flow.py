@@ -28,7 +28,7 @@ import numpy as np
 from npdiff import backend
 from npdiff.processes.guidance import drop_labels
 from npdiff.processes.ode import network_vjp
-from npdiff.processes.schedules import Schedule
+from npdiff.processes.schedules import Schedule, is_host
 
 TIME_DISTRIBUTIONS = ("uniform", "logit_normal")
 
@@ -49,30 +49,37 @@ class FlowTime:
     def __init__(self, time_levels: int = 1000, distribution: str = "uniform", logit_mean: float = 0.0,
                  logit_std: float = 1.0) -> None:
         if distribution not in TIME_DISTRIBUTIONS:
-            raise ValueError(f"unknown time distribution {distribution!r}; choose one of {', '.join(TIME_DISTRIBUTIONS)}")
+            raise ValueError(f"unknown time distribution {distribution!r}; "
+                             f"choose one of {', '.join(TIME_DISTRIBUTIONS)}")
         if int(time_levels) < 2:
             raise ValueError(f"time_levels must be >= 2, got {time_levels!r}")
         self.levels, self.distribution = int(time_levels), distribution
         self.logit_mean, self.logit_std = float(logit_mean), float(logit_std)
 
     def level(self, t):
-        """k = t·K as integers (N,); t must lie on the levels: k ∈ 0..K and t·K within 1e-6 of k."""
-        t = backend.asarray(t)
-        k = backend.xp.rint(t * self.levels)
-        if not bool(((backend.xp.abs(t * self.levels - k) <= 1e-6) & (k >= 0) & (k <= self.levels)).all()):
-            raise ValueError(f"flow times must be k/{self.levels}, k in 0..{self.levels}: round them with round_t")
-        return k.astype(np.int64)
+        """k = t·K as integers (N,) on t's backend. Host times are checked to lie on the levels (k ∈ 0..K, t·K
+        within 1e-6 of k); device times come from ``sample`` or ``round_t`` and are trusted, so that no
+        training step reads them back (as ``Schedule.as_timesteps`` treats timesteps)."""
+        if is_host(t):
+            scaled = np.asarray(t, dtype=np.float64) * self.levels
+            k = np.rint(scaled)
+            if not np.all((np.abs(scaled - k) <= 1e-6) & (k >= 0) & (k <= self.levels)):
+                raise ValueError(f"flow times must be k/{self.levels}, k in 0..{self.levels}: round them with round_t")
+            return k.astype(np.int64)
+        return backend.xp.rint(t * self.levels).astype(np.int64)
 
     def round_t(self, t):
-        """t in [0, 1] put on the nearest level k/K."""
-        return backend.xp.clip(backend.xp.rint(backend.asarray(t) * self.levels), 0, self.levels) / self.levels
+        """t in [0, 1] put on the nearest level k/K, where t lives (a host float or array, or the backend's)."""
+        xp = np if isinstance(t, float) or is_host(t) else backend.xp
+        return xp.clip(xp.rint(xp.asarray(t) * self.levels), 0, self.levels) / self.levels
 
     def sample(self, n: int, rng, dtype="float64"):
         """n times (N,) drawn uniformly or logit-normally, then put on the levels."""
         if self.distribution == "uniform":
             t = rng.random(int(n), dtype=dtype)
         else:
-            t = 1.0 / (1.0 + backend.xp.exp(-(self.logit_mean + self.logit_std * rng.standard_normal(int(n), dtype=dtype))))
+            logit = self.logit_mean + self.logit_std * rng.standard_normal(int(n), dtype=dtype)  # μ + s n
+            t = 1.0 / (1.0 + backend.xp.exp(-logit))  # sigmoid
         return self.round_t(t).astype(dtype)
 
 
@@ -105,9 +112,11 @@ class FlowObjective:
         if rng is None and (t is None or noise is None):
             raise ValueError("pass rng (a random generator) to draw t and the noise, or give both t= and noise=")
         x0 = backend.asarray(x0, dtype=model.dtype)
-        t = self.time.sample(x0.shape[0], rng, x0.dtype) if t is None else backend.asarray(t, dtype=x0.dtype)
+        if t is None:
+            t = self.time.sample(x0.shape[0], rng, x0.dtype)
+        k = backend.asarray(self.time.level(t))  # a given host t is checked first
         noise = rng.standard_normal(x0.shape, dtype=x0.dtype) if noise is None else backend.asarray(noise, x0.dtype)
-        return x0, t, self.time.level(t), noise
+        return x0, backend.asarray(t, dtype=x0.dtype), k, noise
 
     def _forward(self, model, x_t, k, y, rng):
         if y is None:
@@ -150,7 +159,7 @@ class FlowVelocity:
         return float(self.time.round_t(t))
 
     def _rows(self, x, t: float):
-        k = backend.xp.full(x.shape[0], int(self.time.level(np.array([t]))[0]), dtype=np.int64)
+        k = backend.xp.full(x.shape[0], int(self.time.level(np.array([t]))[0]), dtype=np.int64)  # t: a host float
         labels = None if self.labels is None else backend.xp.repeat(self.labels, x.shape[0] // self.labels.shape[0])
         return k, labels
 

@@ -164,7 +164,7 @@ def heun(denoiser, sigmas, y, *, s_churn: float = 0.0, s_tmin: float = 0.0, s_tm
     steps = len(sigmas) - 1
     for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
         gamma = min(s_churn / steps, math.sqrt(2.0) - 1.0) if s_tmin <= sigma <= s_tmax else 0.0
-        sigma_hat = denoiser.round_sigma(sigma * (1.0 + gamma)) if gamma > 0 else sigma
+        sigma_hat = max(denoiser.round_sigma(sigma * (1.0 + gamma)), sigma) if gamma > 0 else sigma
         if sigma_hat > sigma:  # y at σ̂: add noise of variance σ̂² − σ²
             noise = rng.standard_normal(y.shape, dtype=y.dtype)
             y = y + s_noise * math.sqrt(sigma_hat ** 2 - sigma ** 2) * noise
