@@ -31,6 +31,7 @@ import time
 import numpy as np
 
 from npdiff import Diffusion, EpsilonChain, Schedule, backend, data
+from npdiff.cli import entry
 from npdiff.io import fileio, threads
 from npdiff.processes import conditioning, likelihood
 from npdiff.processes.oracles import GaussianEpsilon, GaussianOracle
@@ -262,7 +263,7 @@ def draw(path, x, inpaint_ref: dict, inpaint: dict, denoise_ref: dict, denoise: 
 def main(argv=None) -> dict:
     args = parse_args(argv)
     print(threads.apply_policy())
-    os.makedirs(args.out, exist_ok=True)
+    entry.demo_out(args.out)  # a folder where a file can be written, before any work
     if args.table:
         rows = gaussian_table()
         text = table_md(rows)
@@ -306,7 +307,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main(sys.argv[1:])
-    except ValueError as err:  # a bad value found past the flag checks: one line, not a traceback
-        sys.exit(f"conditional.py: error: {err}")
+    sys.exit(entry.run_demo(main, sys.argv[1:]))  # every failure: one line, status 1 or 2 (npdiff.cli.entry)

@@ -18,6 +18,7 @@ import sys
 
 import numpy as np
 
+from npdiff.cli import entry
 from npdiff.io import fileio, threads
 from npdiff.processes.schedules import Schedule
 
@@ -48,7 +49,7 @@ def sigma_t(schedule: Schedule, t: int) -> np.ndarray:
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
     print(threads.apply_policy())  # one BLAS thread unless you set OPENBLAS_NUM_THREADS (docs/command-line.md)
-    os.makedirs(args.out, exist_ok=True)
+    entry.demo_out(args.out)  # a folder where a file can be written, before any work
     rng = np.random.default_rng(args.seed)
     schedule = Schedule(args.T, "linear")
     print(schedule.summary(float(np.trace(SIGMA_0) / 2)))  # mean per-dimension variance
@@ -94,7 +95,4 @@ def draw(path: str, schedule: Schedule, clouds: dict) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main(sys.argv[1:])
-    except ValueError as err:  # a bad flag value: one line, not a traceback
-        sys.exit(f"{os.path.basename(sys.argv[0])}: error: {err}")
+    sys.exit(entry.run_demo(main, sys.argv[1:]))  # every failure: one line, status 1 or 2 (npdiff.cli.entry)

@@ -35,6 +35,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from npdiff import Diffusion, EpsilonChain, backend, data
+from npdiff.cli import entry
 from npdiff.io import fileio, threads
 from npdiff.processes import sampling
 
@@ -247,7 +248,7 @@ def draw_sweep(path, x, samples: dict, figures: dict, ws) -> None:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     print(threads.apply_policy())
-    os.makedirs(args.out, exist_ok=True)
+    entry.demo_out(args.out)  # a folder where a file can be written, before any work
     start = time.perf_counter()
     x, y = data.eight_gaussians_labelled(8000, np.random.default_rng(args.seed), std=args.std)
     centres = data.eight_gaussians_centres()
@@ -293,7 +294,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main(sys.argv[1:])
-    except ValueError as err:  # a bad value found past the flag checks: one line, not a traceback
-        sys.exit(f"guidance.py: error: {err}")
+    sys.exit(entry.run_demo(main, sys.argv[1:]))  # every failure: one line, status 1 or 2 (npdiff.cli.entry)

@@ -44,6 +44,7 @@ import time
 import numpy as np
 
 from npdiff import Diffusion, backend
+from npdiff.cli import entry
 from npdiff.images import idx, image_viz
 from npdiff.io import fileio, threads
 from npdiff.processes import conditioning, sampling
@@ -284,7 +285,7 @@ def main(argv=None) -> dict:
     print(threads.apply_policy())
     start = time.perf_counter()
     diffusion = load_model(args.checkpoint)
-    os.makedirs(args.out, exist_ok=True)
+    entry.demo_out(args.out)  # a folder where a file can be written, before any work
     cached = os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), CACHE_NAME)
     if os.path.isfile(cached) and not os.path.exists(os.path.join(args.out, CACHE_NAME)):
         shutil.copyfile(cached, os.path.join(args.out, CACHE_NAME))  # the mnist demo's judge; retrained if it differs
@@ -358,7 +359,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main(sys.argv[1:])
-    except ValueError as err:  # a bad value found past the flag checks: one line, not a traceback
-        sys.exit(f"inpainting.py: error: {err}")
+    sys.exit(entry.run_demo(main, sys.argv[1:]))  # every failure: one line, status 1 or 2 (npdiff.cli.entry)

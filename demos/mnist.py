@@ -34,6 +34,7 @@ import time
 import numpy as np
 
 from npdiff import Diffusion
+from npdiff.cli import entry
 from npdiff.images import idx, image_viz
 from npdiff.io import fileio, threads, viz
 from npdiff.images.quality import ImageJudge, format_table
@@ -136,7 +137,7 @@ def main(argv=None) -> dict:
     shape, x = images.shape[1:], idx.images_to_vectors(images)  # (M, D) float32 in [−1, 1]
     names = idx.class_names(root, int(labels.max()) + 1)
     print(f"data: {len(x)} training images of {shape[0]}×{shape[1]} in {len(names)} classes from {root}")
-    os.makedirs(args.out, exist_ok=True)
+    entry.demo_out(args.out)  # a folder where a file can be written, before any work
     args.batch_size = min(args.batch_size, len(x))
 
     t0 = time.perf_counter()
@@ -219,7 +220,4 @@ def check_targets(rows: dict, baselines: list[dict], w: float, per_class: list[f
 
 
 if __name__ == "__main__":
-    try:
-        main(sys.argv[1:])
-    except ValueError as err:  # a bad flag value: one line, not a traceback
-        sys.exit(f"{os.path.basename(sys.argv[0])}: error: {err}")
+    sys.exit(entry.run_demo(main, sys.argv[1:]))  # every failure: one line, status 1 or 2 (npdiff.cli.entry)

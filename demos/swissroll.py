@@ -27,6 +27,7 @@ import sys
 import numpy as np
 
 from npdiff import data
+from npdiff.cli import entry
 from npdiff.io import fileio, threads
 from npdiff.nn import optim
 from npdiff.processes import likelihood, sampling, sohl_dickstein as sd
@@ -102,7 +103,7 @@ def main(argv=None) -> str:
     if args.quick:
         # 3 s; K − L_null ≈ 0.5 bits, where the untrained (zero-output) chain scores 0 ± 0.03
         args.steps, args.lr, args.hidden, args.n_blocks, args.emb_dim, args.eval_points = 1500, 3e-3, 32, 1, 16, 2000
-    os.makedirs(args.out, exist_ok=True)
+    entry.demo_out(args.out)  # a folder where a file can be written, before any work
     rng = np.random.default_rng(args.seed)
     roll = lambda n: data.swissroll(n, rng, noise=args.noise)  # noqa: E731
     z, mean, std = data.standardize(roll(100_000))
@@ -151,7 +152,4 @@ def main(argv=None) -> str:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except ValueError as err:  # a bad flag value: one line, not a traceback
-        sys.exit(f"{os.path.basename(sys.argv[0])}: error: {err}")
+    sys.exit(entry.run_demo(main, sys.argv[1:]))  # every failure: one line, status 1 or 2 (npdiff.cli.entry)

@@ -30,24 +30,20 @@ too large for the disk or the file-size limit), nothing written; 1 a runtime fai
 
 from __future__ import annotations
 
-import os
 import shlex
-import signal
 import sys
 import warnings
 
 from npdiff.io import threads
+from npdiff.cli import entry
 from npdiff.cli.args import OBJECTIVES, UsageError, parser
 from npdiff.cli.sample import cmd_eval, cmd_sample
 from npdiff.cli.train import cmd_train
-from npdiff.training.train import CheckpointWriteError, NonFiniteLossError, TrainingInterrupted
+from npdiff.training.train import TrainingInterrupted
 
 __all__ = ["main", "parser", "OBJECTIVES", "UsageError"]
-EXIT_FAILURE, EXIT_USAGE = 1, 2
-
-
-def _one_line(text) -> str:
-    return " ".join(str(text).split()) or "(no message)"
+EXIT_FAILURE, EXIT_USAGE = entry.EXIT_FAILURE, entry.EXIT_USAGE
+_one_line = entry.one_line
 
 
 def _resume_command(argv: list[str]) -> str:
@@ -56,30 +52,12 @@ def _resume_command(argv: list[str]) -> str:
     return shlex.join(["npdiff", *args, *([] if "--resume" in args else ["--resume"])])
 
 
-class _Warnings:
-    """Collects warnings (e.g. NumPy overflow) during a command: one summary line after a success; after a
-    failure the error line says what went wrong, and the warnings that led to it are not repeated."""
-
-    def __init__(self) -> None:
-        self.count, self.first = 0, None
-
-    def show(self, message, category, filename, lineno, file=None, line=None) -> None:
-        self.count += 1
-        if self.first is None:
-            self.first = f"{_one_line(message)} ({category.__name__}, {os.path.basename(filename)}:{lineno})"
-
-    def summary(self, name: str) -> None:
-        if self.count:
-            more = f" and {self.count - 1} more" if self.count > 1 else ""
-            print(f"{name}: warning: {self.first}{more}", file=sys.stderr)
-
-
 def main(argv=None) -> int:
     """Run one command; returns the exit status (see the module docstring)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv[0] if argv and argv[0] in ("train", "sample", "eval") else None
     name = f"npdiff {command}" if command else "npdiff"
-    caught = _Warnings()
+    caught = entry.Warnings()
     with warnings.catch_warnings():
         warnings.showwarning = caught.show
         try:
@@ -92,30 +70,10 @@ def main(argv=None) -> int:
             how = f"continue with: {_resume_command(argv)}" if stop.saved else "nothing was saved"
             print(f"{name}: stopped: {_one_line(stop)}; {how}", file=sys.stderr)
             return 128 + stop.signum
-        except KeyboardInterrupt:
-            print(f"{name}: interrupted; no file was left half-written", file=sys.stderr)
-            return 128 + signal.SIGINT
-        except (UsageError, ValueError, FileNotFoundError) as err:
-            print(f"{name}: error: {_one_line(err)}", file=sys.stderr)
-            return EXIT_USAGE
-        except (NonFiniteLossError, CheckpointWriteError, FloatingPointError) as err:
-            print(f"{name}: error: {_one_line(err)}", file=sys.stderr)
-            return EXIT_FAILURE
-        except OSError as err:
-            where = f" {err.filename!r}:" if err.filename else ""
-            print(f"{name}: error:{where} {_one_line(err.strerror or err)}; the previous file, if any, is unchanged",
-                  file=sys.stderr)
-            return EXIT_FAILURE
-        except MemoryError:
-            print(f"{name}: error: out of memory; lower --chunk (sample, eval) or --batch-size/--hidden (train)",
-                  file=sys.stderr)
-            return EXIT_FAILURE
-        except Exception as err:  # a bug in npdiff: still one line, with what is needed to report it
-            if os.environ.get("NPDIFF_TRACEBACK"):
+        except BaseException as err:  # noqa: BLE001 — one line and a status (npdiff.cli.entry, shared with the demos)
+            if isinstance(err, GeneratorExit):
                 raise
-            print(f"{name}: internal error: {type(err).__name__}: {_one_line(err)} (please report it; "
-                  "NPDIFF_TRACEBACK=1 shows the traceback)", file=sys.stderr)
-            return EXIT_FAILURE
+            return entry.failure(name, err)
     caught.summary(name)
     return 0
 

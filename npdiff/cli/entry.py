@@ -1,0 +1,121 @@
+"""One entry for every program, ``npdiff`` and the demos alike: a failure is one line on stderr and an exit status.
+
+    if __name__ == "__main__":
+        sys.exit(entry.run_demo(main, sys.argv[1:]))
+
+Exit status (the same as ``npdiff``'s, docs/command-line.md): 0 success; 2 a usage or input error (a flag, an
+input file, an output path, a request too large for the disk), nothing written; 1 a runtime failure (a
+non-finite loss or sample, a failed write, out of memory); 128 + n after signal n. A bug is still one line,
+``internal error: …``; ``NPDIFF_TRACEBACK=1`` shows its traceback.
+
+``demo_out`` is the output rule of a demo's ``--out DIR``: a folder (created if needed) where a file can be
+written, checked before any work; a path that names a file, or a folder that cannot be written, is a UsageError.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import warnings
+
+from npdiff.cli.args import UsageError
+from npdiff.io import fileio
+from npdiff.training.train import CheckpointWriteError, NonFiniteLossError, TrainingInterrupted
+
+EXIT_FAILURE, EXIT_USAGE = 1, 2
+
+
+def one_line(text) -> str:
+    return " ".join(str(text).split()) or "(no message)"
+
+
+class Warnings:
+    """Collects warnings (e.g. NumPy overflow) during a run: one summary line after a success; after a failure the
+    error line says what went wrong, and the warnings that led to it are not repeated."""
+
+    def __init__(self) -> None:
+        self.count, self.first = 0, None
+
+    def show(self, message, category, filename, lineno, file=None, line=None) -> None:
+        self.count += 1
+        if self.first is None:
+            self.first = f"{one_line(message)} ({category.__name__}, {os.path.basename(filename)}:{lineno})"
+
+    def summary(self, name: str) -> None:
+        if self.count:
+            more = f" and {self.count - 1} more" if self.count > 1 else ""
+            print(f"{name}: warning: {self.first}{more}", file=sys.stderr)
+
+
+def failure(name: str, err: BaseException) -> int:
+    """Print the one line of ``err`` for program ``name`` on stderr; returns the exit status. Re-raises a bug when
+    NPDIFF_TRACEBACK is set."""
+    def say(text: str) -> None:
+        print(f"{name}: {text}", file=sys.stderr)
+
+    if isinstance(err, KeyboardInterrupt):
+        say("interrupted; no file was left half-written")
+        return 128 + signal.SIGINT
+    if isinstance(err, (UsageError, ValueError, FileNotFoundError)):
+        say(f"error: {one_line(err)}")
+        return EXIT_USAGE
+    if isinstance(err, (NonFiniteLossError, CheckpointWriteError, FloatingPointError)):
+        say(f"error: {one_line(err)}")
+        return EXIT_FAILURE
+    if isinstance(err, OSError):
+        where = f" {err.filename!r}:" if err.filename else ""
+        say(f"error:{where} {one_line(err.strerror or err)}; the previous file, if any, is unchanged")
+        return EXIT_FAILURE
+    if isinstance(err, MemoryError):
+        say("error: out of memory; lower --chunk (sample, eval) or --batch-size/--hidden (train)")
+        return EXIT_FAILURE
+    if os.environ.get("NPDIFF_TRACEBACK"):
+        raise err
+    say(f"internal error: {type(err).__name__}: {one_line(err)} (please report it; NPDIFF_TRACEBACK=1 shows the "
+        "traceback)")
+    return EXIT_FAILURE
+
+
+def run_demo(main, argv=None, name: str | None = None) -> int:
+    """Run a demo's ``main(argv)``: 0 on success, else ``failure``'s one line and status (argparse's exits and a
+    demo's own ``sys.exit(message)`` keep Python's status)."""
+    name = name or os.path.basename(sys.argv[0])
+    caught = Warnings()
+    with warnings.catch_warnings():
+        warnings.showwarning = caught.show
+        try:
+            main(argv)
+        except BaseException as err:  # noqa: BLE001 — every failure becomes one line
+            return _demo_failure(name, err)
+    caught.summary(name)
+    return 0
+
+
+def _demo_failure(name: str, err: BaseException) -> int:
+    if isinstance(err, SystemExit):  # --help, argparse's usage errors, a demo's own sys.exit(message): as Python exits
+        if isinstance(err.code, str):
+            print(err.code, file=sys.stderr)
+            return 1
+        return int(err.code or 0)
+    if isinstance(err, TrainingInterrupted):
+        print(f"{name}: stopped: {one_line(err)}", file=sys.stderr)
+        return 128 + err.signum
+    if isinstance(err, GeneratorExit):
+        raise err
+    return failure(name, err)
+
+
+def demo_out(path) -> str:
+    """The output folder of a demo, created if needed and tried with a file, before any work; returns it."""
+    path = os.fspath(path)
+    if not path:
+        raise UsageError("--out names no folder")
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UsageError(f"--out {path!r} is a file; name a folder for the demo's outputs")
+    try:
+        os.makedirs(path, exist_ok=True)
+        fileio.check_writable_folder(os.path.join(path, "probe"))
+    except OSError as err:
+        raise UsageError(f"--out {path!r}: cannot write there: {err.strerror or err}") from None
+    return path
