@@ -15,14 +15,12 @@ import os
 import re
 
 from npdiff.io import fileio
-from npdiff.diffusion import GUIDANCE_RANGE
+from npdiff.diffusion import GUIDANCE_RANGE, OBJECTIVES
 from npdiff.processes.conditioning import METHODS as CONDITIONS
-from npdiff.processes.ddpm import PREDICTIONS
+from npdiff.processes.ddpm import PREDICTIONS, VARIANCES
+from npdiff.processes.sampling import SAMPLERS
 from npdiff.processes.schedules import SCHEDULES
 
-OBJECTIVES = ("epsilon", "hybrid", "sohl_dickstein")
-VARIANCES = ("fixed_small", "fixed_large", "learned_range")
-SAMPLERS = ("ancestral", "ddim")
 DEFAULT_CHUNK = 4096  # rows of network input at once in sample/eval: a few MB of activations for the default model
 # defaults of flags that default to None, so that a command can tell a flag given from one left out and refuse a
 # flag it would not use
