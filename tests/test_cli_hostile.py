@@ -119,6 +119,7 @@ def d(tmp_path_factory):
                lambda i: {**i, "meta": {**i["meta"], "data_fingerprint": {"shape": [200, 3], "sha256": "0"}}})
     _hand_made(d / "bad_dropout.npz", checkpoint.load(d / "cond.npz"),
                lambda i: {**i, "meta": {**i["meta"], "label_dropout": 1.5}})
+    _hand_made(d / "bad_classes.npz", good, lambda i: {**i, "meta": {**i["meta"], "labels": "y.npy"}})
     _hand_made(d / "bad_prediction.npz", good, lambda i: {**i, "meta": {**i["meta"], "prediction": "score"}})
     # a checkpoint member whose .npy header promises far more than the member holds
     with zipfile.ZipFile(d / "zip_liar.npz", "w") as z:
@@ -273,6 +274,8 @@ CASES = [
      r"data of shape \(200, 3\)"),
     ("nonsense", "sample", "label dropout 1.5 in the meta", sample("bad_dropout.npz"), USAGE,
      r"label_dropout must be a number in \[0, 1\)"),
+    ("nonsense", "sample", "labels in the meta of a model without classes", sample("bad_classes.npz"), USAGE,
+     "trained on the labels of 'y.npy', but the model has no classes"),
     ("nonsense", "sample", "unknown prediction in the meta", sample("bad_prediction.npz"), USAGE,
      "prediction 'score' is not one of"),
     ("nonsense", "train", "a negative --label-column", ["train", "{d}/labelled.csv", "--label-column", "-1", "--out",

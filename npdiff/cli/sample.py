@@ -111,6 +111,9 @@ def check_meta(meta: dict, model, path: str) -> None:
     p = meta.get("label_dropout")
     if p is not None and not (math.isfinite(_number(p)) and 0 <= p < 1):
         raise UsageError(f"{path!r}: the meta's label_dropout must be a number in [0, 1), got {p!r}")
+    if k is None and meta.get("labels") is not None:
+        raise UsageError(f"{path!r}: the meta says the model was trained on the labels of {meta['labels']!r}, but the "
+                         "model has no classes")
     if k is not None and meta.get("objective") != "epsilon":
         raise UsageError(f"{path!r}: a class-conditional model must have the epsilon objective, not "
                          f"{meta.get('objective')!r}")
