@@ -316,7 +316,8 @@ def test_worked_example_prints_the_loss_that_the_formulas_give(tmp_path):
     excerpt = re.search(r"python demos/worked_example.py\n```\n.*?```text\n(.*?)^```", page, flags=re.M | re.S)
     assert excerpt, "docs/reading-order.md shows no ```text excerpt after the worked example's command"
     printed_lines = set(run.stdout.splitlines())
-    stale = [line for line in excerpt.group(1).splitlines() if line.strip() not in ("…", "") and line not in printed_lines]
+    stale = [line for line in excerpt.group(1).splitlines()
+             if line.strip() not in ("…", "") and line not in printed_lines]
     assert not stale, f"the excerpt shows lines the script no longer prints (paste a fresh run): {stale}"
     assert str(out) in run.stdout.splitlines()[-1]
     assert (out / "worked_example.txt").read_text(encoding="utf-8").count("\n") > 100
