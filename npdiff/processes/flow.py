@@ -26,6 +26,7 @@ from __future__ import annotations
 import numpy as np
 
 from npdiff import backend
+from npdiff.nn.losses import check_labels
 from npdiff.processes.guidance import drop_labels
 from npdiff.processes.ode import network_vjp
 from npdiff.processes.schedules import Schedule, is_host
@@ -150,8 +151,10 @@ class FlowVelocity:
     def __init__(self, model, time: FlowTime, labels=None, guidance: float = 0.0) -> None:
         if labels is None and guidance != 0:
             raise ValueError("guidance needs labels: the class of each sample")
+        if labels is not None and getattr(model, "label_emb", None) is None:
+            raise ValueError("labels need a class-conditional model (Denoiser(num_classes=K))")
         self.model, self.time = model, time
-        self.labels = None if labels is None else backend.asarray(labels).astype(np.int64)
+        self.labels = None if labels is None else check_labels(labels, len(labels), model.label_emb.n_classes)
         self.guidance = float(guidance)
         self.data_dim, self.dtype = model.config["data_dim"], model.dtype
 
