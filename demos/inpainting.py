@@ -89,8 +89,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--n must be >= 1, got {args.n}")
     if not (math.isfinite(args.noise_std) and args.noise_std > 0):
         p.error(f"--noise-std must be a finite number > 0, got {args.noise_std}")
-    if args.guidance is not None and not (math.isfinite(args.guidance) and args.guidance >= 0):
-        p.error(f"--guidance must be a finite number >= 0, got {args.guidance}")
+    entry.check_demo_flags(args, error=p.error, guidance=["guidance"])  # the library's range, as on the command line
     if args.square < 1:
         p.error(f"--square must be >= 1, got {args.square}")
     args.methods = list(dict.fromkeys(args.methods))

@@ -81,6 +81,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     for key, value in {**DEFAULTS, **(QUICK if args.quick else {})}.items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
+    entry.check_demo_flags(args, counts=["steps", "batch_size", "T", "hidden", "emb_dim", "ddim_steps", "n_samples",
+                                         "n_train"], positive=["lr"], fractions=["ema", "label_dropout"],
+                           guidance=["guidance", "sweep"])  # before any work, the command line's ranges
     args.sweep = sorted({*args.sweep, args.guidance})
     return args
 

@@ -61,6 +61,8 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.entropy_points is None:
         args.entropy_points = 500 if args.quick else ENTROPY_POINTS
+    entry.check_demo_flags(args, counts=["T", "steps", "batch_size", "hidden", "emb_dim", "eval_points",
+                                         "entropy_points"], positive=["lr"])  # before any work
     return args
 
 

@@ -22,6 +22,18 @@ CASES = [
     ("guidance.py", ["--quick", "--out", "{f}"], 2, r"is a file; name a folder"),
     ("covariance.py", ["--quick", "--out", "{f}/sub"], 2, r"cannot write there: Not a directory"),
     ("swissroll.py", [*SWISS, "--lr", "1e30", "--out", "{d}/o"], 1, r"non-finite loss"),
+    ("swissroll.py", [*SWISS, "--steps", "0", "--out", "{d}/o"], 2, r"--steps must be >= 1, got 0"),
+    ("swissroll.py", [*SWISS, "--lr", "nan", "--out", "{d}/o"], 2, r"--lr must be a finite number > 0, got nan"),
+    ("swissroll.py", [*SWISS, "--lr", "-1", "--out", "{d}/o"], 2, r"--lr must be a finite number > 0"),
+    ("mnist.py", ["--quick", "--guidance", "1e6", "--out", "{d}/o"], 2, r"--guidance must be a finite number >= 0 and "
+                                                                          r"<= 20"),
+    ("mnist.py", ["--quick", "--sweep", "0", "-1", "--out", "{d}/o"], 2, r"--sweep must be a finite number >= 0"),
+    ("mnist.py", ["--quick", "--steps", "0", "--out", "{d}/o"], 2, r"--steps must be >= 1, got 0"),
+    ("mnist.py", ["--quick", "--lr", "inf", "--out", "{d}/o"], 2, r"--lr must be a finite number > 0"),
+    ("mnist.py", ["--quick", "--label-dropout", "1", "--out", "{d}/o"], 2, r"--label-dropout must be a finite number "
+                                                                             r"in \[0, 1\)"),
+    ("inpainting.py", ["--quick", "--guidance", "21", "--out", "{d}/o"], 1, r"--guidance must be a finite number >= 0 "
+                                                                             r"and <= 20"),
 ]
 
 
@@ -34,6 +46,7 @@ def test_a_demo_failure_is_one_line_with_status_1_or_2(run_demo, tmp_path, demo,
     assert "Traceback" not in run.stderr and run.stderr.strip().count("\n") == 0, run.stderr
     assert re.search(message, run.stderr), run.stderr
     assert taken.read_text() == "a user's file"
+    assert not (tmp_path / "o").exists() or status == 1  # refused before any output was made
 
 
 @pytest.mark.parametrize("err, status, line", [

@@ -8,18 +8,22 @@ input file, an output path, a request too large for the disk), nothing written; 
 non-finite loss or sample, a failed write, out of memory); 128 + n after signal n. A bug is still one line,
 ``internal error: …``; ``NPDIFF_TRACEBACK=1`` shows its traceback.
 
-``demo_out`` is the output rule of a demo's ``--out DIR``: a folder (created if needed) where a file can be
+``check_demo_flags`` is the flag rule of a demo, before any work: counts ≥ 1, finite positive numbers, fractions
+in [0, 1), guidance scales in ``npdiff.diffusion.GUIDANCE_RANGE`` (the command line's range). ``demo_out`` is the
+output rule of a demo's ``--out DIR``: a folder (created if needed) where a file can be
 written, checked before any work; a path that names a file, or a folder that cannot be written, is a UsageError.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import sys
 import warnings
 
 from npdiff.cli.args import UsageError
+from npdiff.diffusion import GUIDANCE_RANGE
 from npdiff.io import fileio
 from npdiff.training.train import CheckpointWriteError, NonFiniteLossError, TrainingInterrupted
 
@@ -119,3 +123,39 @@ def demo_out(path) -> str:
     except OSError as err:
         raise UsageError(f"--out {path!r}: cannot write there: {err.strerror or err}") from None
     return path
+
+
+def check_demo_flags(args, *, counts=(), positive=(), fractions=(), guidance=(), error=None) -> None:
+    """A UsageError (or ``error(message)``, e.g. a parser's one-line ``error``) for the first bad flag among the
+    named attributes of ``args`` (None: not given): ``counts`` integers ≥ 1, ``positive`` finite numbers > 0,
+    ``fractions`` finite numbers in [0, 1), ``guidance`` scales (a number or a list) finite and in GUIDANCE_RANGE."""
+    def fail(message: str):
+        if error is not None:
+            error(message)
+        raise UsageError(message)
+
+    def flag(name: str) -> str:
+        return "--" + name.replace("_", "-")
+
+    def finite(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    for name in counts:
+        v = getattr(args, name)
+        if v is not None and v < 1:
+            fail(f"{flag(name)} must be >= 1, got {v}")
+    for name in positive:
+        v = getattr(args, name)
+        if v is not None and not (finite(v) and v > 0):
+            fail(f"{flag(name)} must be a finite number > 0, got {v}")
+    for name in fractions:
+        v = getattr(args, name)
+        if v is not None and not (finite(v) and 0 <= v < 1):
+            fail(f"{flag(name)} must be a finite number in [0, 1), got {v}")
+    low, high = GUIDANCE_RANGE
+    for name in guidance:
+        values = getattr(args, name)
+        for w in values if isinstance(values, (list, tuple)) else [values]:
+            if w is not None and not (finite(w) and low <= w <= high):
+                fail(f"{flag(name)} must be a finite number >= {low:g} and <= {high:g} (the guidance range "
+                             f"of npdiff.diffusion.GUIDANCE_RANGE), got {w}")
