@@ -1,13 +1,15 @@
-"""DDPM: the forward process, the ε loss and its gradient, the ε objective's checks and the ε-model chain."""
+"""DDPM: the forward process, the squared error and its gradient, the ε objective's checks, and the ε-model chain
+(Eq. 11 by hand, the clipped posterior mean, x_0 and v predictions)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from npdiff.processes import ddpm, sampling
-from npdiff.nn.gradcheck import check, rel_error, worst
 from npdiff.nn.denoiser import Denoiser
+from npdiff.nn.gradcheck import check, rel_error, worst
+from npdiff.nn.losses import squared_error
+from npdiff.processes import ddpm, sampling
 from npdiff.processes.schedules import Schedule
 
 MEAN = np.array([1.0, -0.5])
@@ -42,24 +44,64 @@ def test_q_sample_is_the_closed_form():
     np.testing.assert_allclose(s.eps_from_x0(x_t[1:], t[1:], x0[1:]), eps[1:], atol=1e-10)  # and ε back
 
 
-def test_posterior_mean_from_eps_is_the_posterior_mean_of_x0_hat():
+def test_mean_from_eps_is_the_posterior_mean_of_x0_hat():
     s = Schedule(100)
     rng = np.random.default_rng(5)
     x_t, eps, t = rng.standard_normal((5, 2)), rng.standard_normal((5, 2)), np.array([1, 2, 17, 99, 100])
-    direct = s.posterior_mean_from_eps(x_t, t, eps)
+    direct = ddpm.mean_from_eps(s, x_t, t, eps)
     via_x0 = s.q_posterior(s.predict_x0(x_t, t, eps), x_t, t)[0]
     np.testing.assert_allclose(direct, via_x0, rtol=1e-10, atol=1e-12)
     b, ab = s.betas[t][:, None], s.alpha_bar[t][:, None]
     np.testing.assert_allclose(direct, (x_t - b / np.sqrt(1 - ab) * eps) / np.sqrt(1 - b), rtol=1e-13)
 
 
-def test_epsilon_loss_gradient_matches_finite_differences():
+@pytest.mark.parametrize("variance", ["fixed_small", "fixed_large"])
+def test_the_default_kernel_is_eq_11_with_the_named_variance_written_out_by_hand(variance):
+    """The ε-model chain's kernel against DDPM's Eq. 11 and σ_t², typed from the paper from the β's alone."""
+    s, model = Schedule(100, "cosine"), tiny_model()
+    rng = np.random.default_rng(9)
+    x_t, t = rng.standard_normal((6, 2)), np.array([1, 2, 17, 50, 99, 100])
+    mean, log_var = ddpm.EpsilonChain(model, s, variance).kernel(x_t, t)
+    eps_theta = model.forward(x_t, t)
+    alpha_bar_all = np.cumprod(1 - s.betas)  # ᾱ_t, t = 0..T
+    beta, alpha_bar, alpha_bar_prev = s.betas[t][:, None], alpha_bar_all[t][:, None], alpha_bar_all[t - 1][:, None]
+    np.testing.assert_allclose(mean, (x_t - beta / np.sqrt(1 - alpha_bar) * eps_theta) / np.sqrt(1 - beta), rtol=1e-12)
+    beta_tilde = beta * (1 - alpha_bar_prev) / (1 - alpha_bar)
+    beta_tilde[t == 1] = s.betas[2] * (1 - alpha_bar_all[1]) / (1 - alpha_bar_all[2])  # β̃_1 = 0: t = 1 uses β̃_2
+    sigma2 = {"fixed_small": beta_tilde, "fixed_large": beta}[variance]
+    np.testing.assert_allclose(log_var, np.broadcast_to(np.log(sigma2), (6, 2)), rtol=1e-12)
+
+
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+def test_a_clipped_chain_takes_the_posterior_mean_of_the_clipped_x0_hat(prediction):
+    """With clip_x0 the kernel's mean is μ̃_t(clip(x̂_0), x_t) = c1·clip(x̂_0) + c2·x_t (DDPM Eq. 7), by hand,
+    and DDIM's pair is the clipped x̂_0 with the ε that q_sample maps to it."""
+    s, model = Schedule(100), tiny_model()
+    rng = np.random.default_rng(10)
+    x_t, t = rng.standard_normal((6, 2)), np.array([1, 2, 17, 50, 99, 100])
+    f_theta = model.forward(x_t, t)
+    ab, ab_prev, beta = s.alpha_bar[t][:, None], s.alpha_bar_prev[t][:, None], s.betas[t][:, None]
+    x0_hat = {"eps": (x_t - np.sqrt(1 - ab) * f_theta) / np.sqrt(ab), "x0": f_theta,
+              "v": np.sqrt(ab) * x_t - np.sqrt(1 - ab) * f_theta}[prediction]
+    lo, hi = np.quantile(x0_hat, [0.25, 0.75])  # a range that clips half the entries
+    clipped = np.clip(x0_hat, lo, hi)
+    expected = (np.sqrt(ab_prev) * beta * clipped + np.sqrt(1 - beta) * (1 - ab_prev) * x_t) / (1 - ab)
+    chain = ddpm.EpsilonChain(model, s, clip_x0=(lo, hi), prediction=prediction)
+    np.testing.assert_allclose(chain.kernel(x_t, t)[0], expected, rtol=1e-10, atol=1e-12)
+    x0_pred, eps_pred = chain.predict(x_t, t)
+    np.testing.assert_allclose(x0_pred, clipped, rtol=1e-12)
+    np.testing.assert_allclose(np.sqrt(ab) * x0_pred + np.sqrt(1 - ab) * eps_pred, x_t, rtol=1e-10, atol=1e-12)
+
+
+def test_squared_error_is_the_one_loss_of_every_target_with_its_gradient():
     rng = np.random.default_rng(1)
-    pred, eps = rng.standard_normal((4, 3)), rng.standard_normal((4, 3))
-    loss, grad = ddpm.epsilon_loss(pred, eps)
-    assert loss == pytest.approx(np.mean((pred - eps) ** 2))
-    report = check(lambda: ddpm.epsilon_loss(pred, eps)[0], {"pred": pred}, {"pred": grad})
-    assert worst(report) < 1e-9
+    pred, target, weight = rng.standard_normal((4, 3)), rng.standard_normal((4, 3)), rng.uniform(0.1, 2, (4, 1))
+    loss, grad = squared_error(pred, target)
+    assert loss == pytest.approx(np.mean((pred - target) ** 2), rel=1e-14)
+    assert worst(check(lambda: squared_error(pred, target)[0], {"pred": pred}, {"pred": grad})) < 1e-9
+    loss, grad = squared_error(pred, target, weight)  # min-SNR's per-row weights, in the same function
+    assert loss == pytest.approx(np.mean(weight * (pred - target) ** 2), rel=1e-14)
+    assert worst(check(lambda: squared_error(pred, target, weight)[0], {"pred": pred}, {"pred": grad})) < 1e-9
 
 
 def test_objective_gradient_of_every_parameter_matches_finite_differences():
@@ -108,7 +150,7 @@ def test_epsilon_chain_validates_its_model_and_options():
 
 
 def test_learned_range_model_samples_and_its_fixed_variances_ignore_the_variance_half():
-    """The ε-model with learned-range variance samples (it used to fail on broadcasting), and its output
+    """The ε-model with learned-range variance samples (its (N, D) log-variance broadcasts), and its output
     o = ±1 is exactly the fixed_large / fixed_small chain of the same mean."""
     s = Schedule(20)
     model = Denoiser(2, out_dim=4, hidden=8, n_blocks=1, emb_dim=8, dtype="float64", seed=3)

@@ -10,6 +10,7 @@ from npdiff.processes import guidance, sampling
 from npdiff.training import train
 from npdiff.processes.ddpm import EpsilonChain, EpsilonObjective
 from npdiff.nn.embeddings import LabelEmbedding
+from npdiff.nn.losses import check_labels
 from npdiff.nn.denoiser import Denoiser
 from npdiff.processes.schedules import Schedule
 
@@ -101,16 +102,37 @@ def test_guided_chain_is_the_batched_form_of_two_passes(prediction):
     assert np.allclose(eps_guided, (1 + w) * eps_c - w * eps_u, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("w", [0.0, 2.5])
+def test_guided_model_is_the_guided_formula_from_one_pass_of_2n_rows(w):
+    """Guided(model, y, w).forward is (1 + w) f_c − w f_∅ on the D prediction outputs, written out from two
+    separate passes, with the conditional model's variance half; one pass of 2N rows (N at w = 0)."""
+    model = Denoiser(2, out_dim=4, num_classes=3, **TINY)
+    rng = np.random.default_rng(3)
+    x_t, t, y = rng.standard_normal((4, 2)), np.array([3, 10, 30, 50]), np.array([0, 1, 2, 1])
+    f_c, f_u = model.forward(x_t, t, y), model.forward(x_t, t)  # no label: the null label ∅
+    rows = []
+    forward = model.forward
+    model.forward = lambda *a: rows.append(a[0].shape[0]) or forward(*a)
+    out = guidance.Guided(model, y, w).forward(x_t, t)
+    assert rows == [4 if w == 0 else 8]
+    np.testing.assert_allclose(out[:, :2], (1 + w) * f_c[:, :2] - w * f_u[:, :2], rtol=1e-12, atol=1e-14)
+    np.testing.assert_array_equal(out[:, 2:], f_c[:, 2:])
+    with pytest.raises(ValueError, match="4 labels for 3 samples"):
+        guidance.Guided(model, y, w).forward(x_t[:3], t[:3])
+    with pytest.raises(ValueError, match="class-conditional model"):
+        guidance.Guided(Denoiser(2, **TINY), y, w)
+
+
 def test_label_checks_are_one_line_errors():
     with pytest.raises(ValueError, match=r"lie in 0\.\.2.*got 3"):
-        guidance.check_labels(np.array([0, 3]), 2, 3)
+        check_labels(np.array([0, 3]), 2, 3)
     with pytest.raises(ValueError, match="lie in"):
-        guidance.check_labels(np.array([-1, 0]), 2, 3)
+        check_labels(np.array([-1, 0]), 2, 3)
     with pytest.raises(ValueError, match="3 class labels"):
-        guidance.check_labels(np.array([0, 1]), 3, 3)
+        check_labels(np.array([0, 1]), 3, 3)
     with pytest.raises(ValueError, match="whole numbers"):
-        guidance.check_labels(np.array([0.5, 1.0]), 2, 3)
-    assert guidance.check_labels(np.array([2.0, 1.0]), 2, 3).dtype == np.int64  # 2.0 from a CSV is the label 2
+        check_labels(np.array([0.5, 1.0]), 2, 3)
+    assert check_labels(np.array([2.0, 1.0]), 2, 3).dtype == np.int64  # 2.0 from a CSV is the label 2
     with pytest.raises(ValueError, match="balanced"):
         guidance.sample_labels("even", 4, 3)
     assert list(guidance.sample_labels("balanced", 5, 3)) == [0, 1, 2, 0, 1]

@@ -83,10 +83,12 @@ def test_backward_consumes_its_cache():
 
 
 @pytest.mark.parametrize("labels, message", [
-    ([0, 3], r"labels must lie in 0\.\.2, got values from 0 to 3"),
-    ([-1, 0], r"labels must lie in 0\.\.2, got values from -1 to 0"),
-    ([0, 1, 2], r"labels must have shape \(2,\), one per row, got \(3,\)"),
-    ([0.0, 1.0], r"labels must be integers 0\.\.2, got dtype float64"),
+    ([0, 3], r"labels must lie in 0\.\.2 \(the model has 3 classes\), got 3"),
+    ([-1, 0], r"labels must lie in 0\.\.2 \(the model has 3 classes\), got -1"),
+    ([0, 1, 2], r"labels must be a 1-D array of 2 class labels \(one per row\), got shape \(3,\)"),
+    ([0.5, 1.0], r"labels must be whole numbers 0\.\.2, got dtype float64"),
+    ([np.inf, 1.0], r"labels must be whole numbers 0\.\.2, got dtype float64"),
+    ([True, False], r"labels must be whole numbers 0\.\.2, got dtype bool"),
 ])
 def test_bad_labels_get_a_one_line_error(labels, message):
     with pytest.raises(ValueError, match=message) as err:

@@ -1,6 +1,6 @@
 """Tests that pin the wiring between the pieces, not only the formulas inside them.
 
-Each test here was written against a hand-made mutant of the glue that the formula tests let through:
+Each test here catches a hand-made mutant of the glue that the formula tests let through:
 an objective that conditions the network on another t than the one it noised with, a sampler that steps
 with the coefficients of another t, a variance option that changes nothing, noise at a chain's last
 step, a Monte-Carlo bound with the wrong weight, a fixed last step keyed on the wrong t.

@@ -18,8 +18,8 @@ import os
 import numpy as np
 
 from npdiff import backend, data
-from npdiff.processes import guidance
 from npdiff.cli.args import UsageError
+from npdiff.nn.losses import check_labels
 
 MAX_CLASSES = 65_536  # a larger class number is a mistake (a label embedding of K + 1 rows is built)
 DEFAULT_DROPOUT = 0.1  # p of classifier-free guidance training (Ho & Salimans 2022 use 0.1 or 0.2)
@@ -61,9 +61,9 @@ def as_classes(values, where: str) -> np.ndarray:
 
 
 def in_range(labels: np.ndarray, n_classes: int, where: str) -> np.ndarray:
-    """``labels`` checked against a model of K classes by ``guidance.check_labels``; its message, prefixed."""
+    """``labels`` checked against a model of K classes by ``losses.check_labels``; its message, prefixed."""
     try:
-        return backend.to_numpy(guidance.check_labels(labels, len(labels), n_classes))  # (N,) int64 on the host
+        return backend.to_numpy(check_labels(labels, len(labels), n_classes))  # (N,) int64 on the host
     except ValueError as err:
         raise UsageError(f"{where}: {err}") from None
 

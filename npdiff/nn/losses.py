@@ -1,7 +1,8 @@
-"""Softmax cross-entropy for classification, with its backward, and a numerically stable log-softmax.
+"""The losses and their gradients: the squared error of a regression target (the diffusion objectives'),
+and softmax cross-entropy for classification with a numerically stable log-softmax.
 
-Shape glossary: N batch, K classes. ``logits`` z (N, K) are unnormalised scores; ``labels`` y (N,) are
-integers in 0..K−1.
+Shape glossary: N batch, D outputs per row, K classes. ``logits`` z (N, K) are unnormalised scores;
+``labels`` y (N,) are integers in 0..K−1.
 
 Softmax and its logarithm (Bishop 2006, "Pattern Recognition and Machine Learning", §4.3.4;
 Goodfellow, Bengio & Courville 2016, "Deep Learning", §6.2.2.3):
@@ -16,11 +17,28 @@ The mean cross-entropy of the labels under the softmax, and its gradient:
 
     L = −(1/N) Σ_n log softmax(z_n)_{y_n}
     ∂L/∂z_{nk} = (softmax(z_n)_k − 1[k = y_n]) / N
+
+The squared error of predictions f (N, D) against targets y (N, D), with optional per-row weights w_n:
+
+    L = (1/(N·D)) Σ_{n,d} w_n (f_nd − y_nd)²,   ∂L/∂f_nd = 2 w_n (f_nd − y_nd) / (N·D)     (w_n = 1 unweighted)
 """
 
 from __future__ import annotations
 
+import numpy as np
+
 from npdiff import backend
+
+
+def squared_error(pred, target, weight=None):
+    """L = mean_{n,d} w_n (pred − target)² over all N·D entries, and dL/dpred = 2 w_n (pred − target)/(N·D).
+
+    pred, target (N, D); weight: None (w_n = 1) or per-row weights (N, 1). -> (0-d array, (N, D))
+    The loss stays on the backend (a GPU would sync to read it); ``float(loss)`` reads it.
+    """
+    diff = pred - target  # (N, D)
+    weighted = diff if weight is None else weight * diff  # w_n (pred − target)   (N, D)
+    return (weighted * diff).mean(), weighted * (2.0 / diff.size)
 
 
 def log_softmax(logits):
@@ -36,17 +54,23 @@ def softmax(logits):
 
 
 def check_labels(labels, n: int, n_classes: int):
-    """``labels`` as a backend integer array (N,), or a one-line ValueError saying what is wrong with them."""
-    xp = backend.xp
-    labels = xp.asarray(labels)
-    if labels.shape != (n,):
-        raise ValueError(f"labels must have shape ({n},), one per row, got {tuple(labels.shape)}")
+    """``labels`` as a backend int64 array (N,) of classes 0..K−1, or a one-line ValueError saying what is
+    wrong. Whole numbers stored as floats (3.0 read from a CSV) are the classes they name. The checks run
+    where the labels are (host or device); only min and max, or the first bad value, are read back."""
+    on_backend = isinstance(labels, backend.xp.ndarray)
+    am = backend.xp if on_backend else np  # the array module that holds the labels
+    labels = labels if on_backend else np.asarray(labels)
+    if labels.ndim != 1 or labels.shape[0] != n:
+        raise ValueError(f"labels must be a 1-D array of {n} class labels (one per row), got shape "
+                         f"{tuple(labels.shape)}")
+    if labels.dtype.kind == "f" and bool(am.all(am.isfinite(labels)) and am.all(labels == am.round(labels))):
+        labels = labels.astype(np.int64)
     if labels.dtype.kind not in "iu":
-        raise ValueError(f"labels must be integers 0..{n_classes - 1}, got dtype {labels.dtype}")
+        raise ValueError(f"labels must be whole numbers 0..{n_classes - 1}, got dtype {labels.dtype}")
     if n and (int(labels.min()) < 0 or int(labels.max()) >= n_classes):
-        raise ValueError(f"labels must lie in 0..{n_classes - 1}, got values from {int(labels.min())} "
-                         f"to {int(labels.max())}")
-    return labels
+        bad = int(labels[(labels < 0) | (labels >= n_classes)][0])
+        raise ValueError(f"labels must lie in 0..{n_classes - 1} (the model has {n_classes} classes), got {bad}")
+    return backend.asarray(labels.astype(np.int64, copy=False))
 
 
 class SoftmaxCrossEntropy:

@@ -1,20 +1,22 @@
 """DDPM (Ho et al. 2020): the denoising objective and the reverse process of a model parameterised through ε.
 
 Shape glossary: N batch, D data dims, T diffusion steps. The forward process (q_sample, the posterior,
-x̂_0, the timesteps) belongs to ``npdiff.processes.schedules.Schedule``; sampling to ``npdiff.processes.sampling``.
+the timesteps) belongs to ``npdiff.processes.schedules.Schedule``; what the network predicts (ε, x_0 or v)
+and the conversions between them to ``npdiff.processes.predictions``; sampling to ``npdiff.processes.sampling``.
 
     L_simple = mean_{n,d} (ε_θ(x_t, t) − ε)²,  x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε         (DDPM Eq. 14)
-        dL/dε_θ = 2(ε_θ − ε)/(N·D)
+        dL/dε_θ = 2(ε_θ − ε)/(N·D)                                   (``losses.squared_error``)
     the network may predict ε, x_0, or v = √ᾱ_t ε − √(1−ᾱ_t) x_0 (Salimans & Ho 2022) instead; the loss is
-    then mean_{n,d} w_t (f_θ − target)², and ε_θ is derived from f_θ by the schedule's conversions.
+    then the same squared error mean_{n,d} w_t (f_θ − target)² against that target.
     min-SNR-γ weighting (Hang et al. 2023, Eq. 8): the x_0-error weight min(SNR_t, γ), i.e.
         w_t = min(SNR_t, γ)/SNR_t for ε,  min(SNR_t, γ) for x_0,  min(SNR_t, γ)/(SNR_t + 1) for v
     reverse kernel p(x_{t−1}|x_t) = N(μ_θ, σ_t² I),
         μ_θ = (x_t − β_t/√(1−ᾱ_t) ε_θ)/√α_t                                         (DDPM Eq. 11)
         σ_t² = β̃_t ("fixed_small"), β_t ("fixed_large"), or learned in the range between them:
         log σ_θ² = v log β_t + (1 − v) log β̃_t,  v = (o + 1)/2                  (Nichol & Dhariwal 2021, Eq. 15)
-    with x̂_0 clipped to (lo, hi) (``clip_x0``): μ_θ = μ̃_t(clip(x̂_0), x_t) and ε_θ replaced by the ε
-    consistent with the clipped x̂_0 (improved-diffusion's sampler).
+    with x̂_0 clipped to (lo, hi) (``clip_x0``): μ_θ = μ̃_t(clip(x̂_0), x_t), the posterior mean of the
+    clipped x̂_0 (DDPM Eq. 7), and DDIM's ε_θ is the ε consistent with it (improved-diffusion's sampler).
+    One ancestral step (Algorithm 2) is this kernel, then x_{t−1} = μ_θ + σ_t z (``sampling.ancestral_step``).
 
 The names: ``noise`` is the true ε drawn by the forward process; ``eps_theta`` is the network's prediction.
 """
@@ -22,24 +24,13 @@ The names: ``noise`` is the true ε drawn by the forward process; ``eps_theta`` 
 from __future__ import annotations
 
 from npdiff import backend
-from npdiff.processes.guidance import check_labels, drop_labels, guide
+from npdiff.nn.losses import squared_error
+from npdiff.processes import predictions
+from npdiff.processes.guidance import Guided, drop_labels
+from npdiff.processes.predictions import PREDICTIONS  # noqa: F401  the command line's choices (npdiff.cli.args)
 from npdiff.processes.schedules import Schedule
 
 VARIANCES = ("fixed_small", "fixed_large", "learned_range")
-PREDICTIONS = ("eps", "x0", "v")  # what the network outputs
-
-
-def check_prediction(prediction: str) -> str:
-    if prediction not in PREDICTIONS:
-        raise ValueError(f"unknown prediction {prediction!r}; choose one of {', '.join(PREDICTIONS)}")
-    return prediction
-
-
-def prediction_target(schedule: Schedule, prediction: str, x0, t, noise):
-    """What the network should output for x_t = q_sample(x0, t, noise): ε, x_0 or v.  -> (N, D)"""
-    if prediction == "eps":
-        return noise
-    return x0 if prediction == "x0" else schedule.v_target(x0, t, noise)
 
 
 def min_snr_weight(schedule: Schedule, prediction: str, t, gamma: float, like):
@@ -47,16 +38,6 @@ def min_snr_weight(schedule: Schedule, prediction: str, t, gamma: float, like):
     snr = schedule.at("snr", t, like)  # (N, 1)
     clipped = backend.xp.minimum(snr, gamma)
     return clipped / {"eps": snr, "x0": 1.0, "v": snr + 1.0}[prediction]
-
-
-def epsilon_loss(eps_theta, noise):
-    """L = mean (ε_θ − ε)² over all N·D entries, and dL/dε_θ = 2(ε_θ − ε)/(N·D).  -> (0-d array, (N, D))
-
-    The loss stays on the backend (a GPU would sync to read it); ``float(loss)`` reads it.
-    """
-    diff = eps_theta - noise  # (N, D)
-    loss = (diff * diff).mean()
-    return loss, diff * (2.0 / diff.size)
 
 
 def draw_inputs(schedule: Schedule, model, x0, rng, t=None, noise=None, first: int = 1):
@@ -103,19 +84,19 @@ class EpsilonObjective:
             raise ValueError(f"min_snr_gamma must be > 0 (or None for uniform weights), got {min_snr_gamma!r}")
         if not 0 <= label_dropout < 1:
             raise ValueError(f"label_dropout must lie in [0, 1), got {label_dropout!r}")
-        self.schedule, self.prediction, self.min_snr_gamma = schedule, check_prediction(prediction), min_snr_gamma
+        self.schedule, self.min_snr_gamma = schedule, min_snr_gamma
+        self.prediction = predictions.check_prediction(prediction)
         self.label_dropout = float(label_dropout)
         self.config = {"objective": "epsilon", "prediction": prediction, "min_snr_gamma": min_snr_gamma,
                        "label_dropout": self.label_dropout, "schedule": dict(schedule.config)}
 
     def _loss(self, f_theta, x0, t, noise):
         """(loss, dL/df_θ): the mean of w_t (f_θ − target)² over N·D entries (w_t = 1 without min-SNR)."""
-        target = prediction_target(self.schedule, self.prediction, x0, t, noise)
-        if self.min_snr_gamma is None:
-            return epsilon_loss(f_theta, target)
-        weight = min_snr_weight(self.schedule, self.prediction, t, self.min_snr_gamma, f_theta)  # (N, 1)
-        diff = f_theta - target  # (N, D)
-        return (weight * diff * diff).mean(), weight * diff * (2.0 / diff.size)
+        target = predictions.target(self.schedule, self.prediction, x0, t, noise)  # (N, D)
+        weight = None
+        if self.min_snr_gamma is not None:
+            weight = min_snr_weight(self.schedule, self.prediction, t, self.min_snr_gamma, f_theta)  # (N, 1)
+        return squared_error(f_theta, target, weight)
 
     def check_model(self, model) -> None:
         check_out_dim(model, self.out_factor, "the ε objective")
@@ -167,19 +148,42 @@ def learned_range_log_var_backward(cache, dlog_var):
     return dlog_var * cache
 
 
+def mean_from_eps(schedule: Schedule, x_t, t, eps_theta):
+    """μ_θ = (x_t − β_t/√(1−ᾱ_t) ε_θ)/√α_t, the mean of the reverse step (DDPM Eq. 11).  -> (N, D)
+
+    It is the posterior mean μ̃_t(x̂_0, x_t) of the x̂_0 that ε_θ implies, written without 1/√ᾱ_t, which at
+    ᾱ_t ≈ 0 (the cosine schedule's last step) would cancel catastrophically in float32.
+    """
+    coef = schedule.at("betas", t, x_t) / schedule.at("sqrt_one_minus_alpha_bar", t, x_t)  # β_t/√(1−ᾱ_t)  (N, 1)
+    return (x_t - coef * eps_theta) / schedule.at("alphas", t, x_t) ** 0.5
+
+
+def log_variance(schedule: Schedule, variance: str, t, o, like):
+    """log σ_t² of the reverse step, broadcast to ``like`` (N, D): log β̃_t ("fixed_small"; t = 1 uses β̃_2,
+    β̃_1 being 0), log β_t ("fixed_large"), or learned in the range between them from the variance half o."""
+    if variance == "learned_range":
+        log_var = learned_range_log_var(schedule, o, t)[0]  # (N, D)
+    elif variance == "fixed_small":
+        log_var = schedule.at("posterior_log_var_clipped", t, like)  # (N, 1)
+    else:
+        log_var = backend.xp.log(schedule.at("betas", t, like))  # (N, 1)
+    return backend.xp.broadcast_to(log_var, like.shape)
+
+
 class EpsilonChain:
-    """The reverse process of a model parameterised through ε: ``kernel(x_t, t)`` with μ_θ from ε_θ and a named
-    variance. prediction: what the model outputs, "eps" (ε_θ itself), "x0" or "v" (ε_θ derived from it).
+    """The reverse process of a model parameterised through ε: ``kernel(x_t, t)`` is DDPM's Eq. 11 with a named
+    variance. prediction: what the model outputs, "eps" (ε_θ itself), "x0" or "v" (x̂_0 and ε_θ converted
+    from it, ``npdiff.processes.predictions``).
 
     variance: "fixed_small" σ_t² = β̃_t (t = 1 uses β̃_2, β̃_1 being 0), "fixed_large" σ_t² = β_t, or
     "learned_range" (a model with 2·D outputs, Nichol & Dhariwal). A fixed variance also works on a
     learned-range model (its variance half is ignored), which separates the mean's and the variance's
-    share of the bound. clip_x0: None, or (lo, hi) to clip x̂_0 to the data's range before the mean is
-    formed. max_gain: the sampler refuses an unclipped chain whose steps amplify ε_θ's error more than
-    this (``npdiff.processes.sampling``); None turns the check off. labels: for a class-conditional model, the
-    class of each of the N samples (N,) (checked where they enter, ``guidance.sample_labels``), or None
-    for the unconditional model; guidance: w of classifier-free guidance, f̃ = (1 + w) f_c − w f_∅ on
-    the network's prediction (``npdiff.processes.guidance``; the variance half stays the conditional one's).
+    share of the bound. clip_x0: None, or (lo, hi) to clip x̂_0 to the data's range; the mean is then the
+    posterior mean of the clipped x̂_0. max_gain: the sampler refuses an unclipped chain whose steps amplify
+    ε_θ's error more than this (``npdiff.processes.sampling``); None turns the check off. labels: for a
+    class-conditional model, the class of each of the N samples (N,), or None for the unconditional model;
+    guidance: w of classifier-free guidance, f̃ = (1 + w) f_c − w f_∅ on the network's prediction. With
+    labels the chain asks ``guidance.Guided(model, labels, guidance)`` instead of the model itself.
     """
 
     predicts_eps = True  # DDIM can step this chain, and its error gain is checked before sampling
@@ -201,72 +205,47 @@ class EpsilonChain:
             clip_x0 = (lo, hi)
         if labels is None and guidance != 0:
             raise ValueError("guidance needs labels: the class of each sample")
-        if labels is not None and getattr(model, "label_emb", None) is None:
-            raise ValueError("labels need a class-conditional model (Denoiser(num_classes=K))")
-        if labels is not None:
-            labels = check_labels(labels, len(labels), model.label_emb.n_classes)
-        self.labels, self.guidance = labels, float(guidance)
+        self.network = model if labels is None else Guided(model, labels, guidance)  # what the chain asks
         self.model, self.schedule, self.variance = model, schedule, variance
-        self.clip_x0, self.max_gain, self.prediction = clip_x0, max_gain, check_prediction(prediction)
+        self.clip_x0, self.max_gain = clip_x0, max_gain
+        self.prediction = predictions.check_prediction(prediction)
+        self.through_x0 = prediction != "eps" or clip_x0 is not None  # the mean from x̂_0 (``kernel`` says why)
         self.data_dim = int(config["data_dim"]) if config is not None else int(model.data_dim)
         self.dtype = getattr(model, "dtype", None) or backend.xp.dtype("float64")
 
     def _forward(self, x_t, t):
-        """The network's output split into f_θ (N, D) and the variance half (N, D) or None; guided when the
-        chain has labels and a guidance scale: one forward pass of 2N rows, [x_t; x_t] labelled [y; ∅]."""
-        t = self.schedule.as_timesteps(t)
-        if self.labels is None:
-            out = self.model.forward(x_t, t)
-        elif self.guidance == 0:
-            out = self.model.forward(x_t, t, self._labels(x_t))
-        else:
-            xp, n = backend.xp, x_t.shape[0]
-            null = xp.full(n, self.model.label_emb.null, dtype="int64")
-            both = self.model.forward(xp.concatenate([x_t, x_t]), xp.concatenate([t, t]),
-                                      xp.concatenate([self._labels(x_t), null]))  # (2N, O)
-            out = both[:n].copy()  # conditional: its variance half is the one used
-            out[:, :self.data_dim] = guide(both[:n, :self.data_dim], both[n:, :self.data_dim], self.guidance)
+        """The network's output at (x_t, t) split into f_θ (N, D) and the variance half (N, D) or None."""
+        out = self.network.forward(x_t, self.schedule.as_timesteps(t))  # (N, D) or (N, 2D)
         d = self.data_dim
         return out[:, :d], (out[:, d:] if out.shape[1] == 2 * d else None)
 
-    def _labels(self, x_t):
-        if self.labels.shape[0] != x_t.shape[0]:
-            raise ValueError(f"the chain has {self.labels.shape[0]} labels for {x_t.shape[0]} samples")
-        return self.labels
-
-    def _x0_and_eps(self, x_t, t, f_theta):
-        """(x̂_0, ε_θ) from the network's prediction f_θ, each (N, D), unclipped."""
-        schedule = self.schedule
-        if self.prediction == "eps":
-            return schedule.predict_x0(x_t, t, f_theta), f_theta
-        if self.prediction == "x0":
-            return f_theta, schedule.eps_from_x0(x_t, t, f_theta)
-        return schedule.x0_from_v(x_t, t, f_theta), schedule.eps_from_v(x_t, t, f_theta)
-
-    def predict(self, x_t, t):
-        """(x̂_0, ε_θ), each (N, D); with ``clip_x0``, x̂_0 is clipped and ε_θ made consistent with it."""
-        x_t = x_t.astype(self.dtype, copy=False)
-        x0_hat, eps_theta = self._x0_and_eps(x_t, t, self._forward(x_t, t)[0])
-        if self.clip_x0 is not None:
-            x0_hat = backend.xp.clip(x0_hat, *self.clip_x0)
-            eps_theta = self.schedule.eps_from_x0(x_t, t, x0_hat)
-        return x0_hat, eps_theta
+    def x0_hat(self, x_t, t, f_theta):
+        """x̂_0 (N, D) from the network's prediction f_θ, clipped to ``clip_x0`` when the chain has one."""
+        x0_hat = predictions.x0_hat(self.schedule, self.prediction, x_t, t, f_theta)
+        return x0_hat if self.clip_x0 is None else backend.xp.clip(x0_hat, *self.clip_x0)
 
     def kernel(self, x_t, t):
-        """(mean, log_var), each (N, D), of p(x_{t−1}|x_t) = N(μ_θ, σ_t²).  x_t (N, D), t (N,)."""
+        """(mean, log_var), each (N, D), of p(x_{t−1}|x_t) = N(μ_θ, σ_t² I).  x_t (N, D), t (N,).
+
+            μ_θ = (x_t − β_t/√(1−ᾱ_t) ε_θ)/√α_t  (DDPM Eq. 11),   log σ_t² of the chain's variance.
+        A chain through x̂_0 (the model predicts x_0 or v, or x̂_0 is clipped) forms μ_θ as the posterior mean
+        μ̃_t(x̂_0, x_t) of Eq. 7 instead: the same mean, but at the cosine schedule's last step (√α_T ≈ 0.03)
+        Eq. 11 would divide the cancellation x_t − β_t/√(1−ᾱ_t) ε_θ, with ε_θ converted from x̂_0 or v, by
+        √α_T (float32, cosine T = 1000: a relative error of 3e-4 at t = T, against 3e-7 for μ̃_t).
+        """
         x_t = x_t.astype(self.dtype, copy=False)
         f_theta, o = self._forward(x_t, t)
-        if self.clip_x0 is None and self.prediction == "eps":
-            mean = self.schedule.posterior_mean_from_eps(x_t, t, f_theta)
-        else:  # μ̃_t(x̂_0, x_t), x̂_0 clipped when asked
-            x0_hat = self._x0_and_eps(x_t, t, f_theta)[0]
-            if self.clip_x0 is not None:
-                x0_hat = backend.xp.clip(x0_hat, *self.clip_x0)
-            mean = self.schedule.q_posterior(x0_hat, x_t, t)[0]
-        if self.variance == "learned_range":
-            log_var = learned_range_log_var(self.schedule, o, t)[0]
-        elif self.variance == "fixed_small":
-            log_var = self.schedule.at("posterior_log_var_clipped", t, x_t)
+        if self.through_x0:
+            mean = self.schedule.q_posterior(self.x0_hat(x_t, t, f_theta), x_t, t)[0]  # μ̃_t(x̂_0, x_t)
         else:
-            log_var = backend.xp.log(self.schedule.at("betas", t, x_t))
-        return mean, backend.xp.broadcast_to(log_var, mean.shape)
+            mean = mean_from_eps(self.schedule, x_t, t, f_theta)  # Eq. 11, f_θ = ε_θ
+        return mean, log_variance(self.schedule, self.variance, t, o, x_t)
+
+    def predict(self, x_t, t):
+        """(x̂_0, ε_θ), each (N, D), for DDIM; with ``clip_x0``, x̂_0 is clipped and ε_θ made consistent with it."""
+        x_t = x_t.astype(self.dtype, copy=False)
+        f_theta = self._forward(x_t, t)[0]
+        if self.clip_x0 is not None:
+            x0_hat = self.x0_hat(x_t, t, f_theta)
+            return x0_hat, self.schedule.eps_from_x0(x_t, t, x0_hat)
+        return self.x0_hat(x_t, t, f_theta), predictions.eps_theta(self.schedule, self.prediction, x_t, t, f_theta)

@@ -17,7 +17,11 @@ model, w = −1 (s = 0) the unconditional one, and w > 0 pushes samples towards 
 (sharper, more typical of the class, less diverse). A network predicting x̂_0 or v instead of ε is
 guided the same way: at fixed x_t both are affine in ε (``Schedule.x0_from_v`` …) and the weights
 (1 + w) and −w sum to 1, so combining the two x̂_0 (or v) predictions gives exactly the x̂_0 (or v) of ε̃.
-Both predictions come from one forward pass over 2N rows: [x_t; x_t] with labels [y; ∅].
+Both predictions come from one forward pass over 2N rows: [x_t; x_t] with labels [y; ∅] (``Guided``).
+
+``Guided`` wraps a class-conditional model the way ``conditioning.Conditioned`` wraps a chain: it answers
+``forward(x_t, t)`` like the model it wraps, with the guided prediction, so any chain built on a model
+(``ddpm.EpsilonChain``) samples the guided model unchanged.
 """
 
 from __future__ import annotations
@@ -25,22 +29,7 @@ from __future__ import annotations
 import numpy as np
 
 from npdiff import backend
-
-
-def check_labels(labels, n: int, n_classes: int):
-    """``labels`` as a backend int64 array (N,) of classes 0..K−1, or a one-line ValueError saying what is
-    wrong. Read on the host (labels come from the user: the check is made once, before any step)."""
-    host = np.asarray(backend.to_numpy(labels) if not isinstance(labels, np.ndarray) else labels)
-    if host.ndim != 1 or host.shape[0] != n:
-        raise ValueError(f"labels must be a 1-D array of {n} class labels (one per row), got shape {host.shape}")
-    if host.dtype.kind == "f" and np.all(np.isfinite(host)) and np.all(host == np.round(host)):
-        host = host.astype(np.int64)  # 3.0 read from a CSV is the label 3
-    if host.dtype.kind not in "iu":
-        raise ValueError(f"labels must be whole numbers 0..{n_classes - 1}, got dtype {host.dtype}")
-    if n and (host.min() < 0 or host.max() >= n_classes):
-        bad = host[(host < 0) | (host >= n_classes)][0]
-        raise ValueError(f"labels must lie in 0..{n_classes - 1} (the model has {n_classes} classes), got {bad}")
-    return backend.asarray(host.astype(np.int64))
+from npdiff.nn.losses import check_labels
 
 
 def sample_labels(labels, n: int, n_classes: int):
@@ -66,3 +55,33 @@ def drop_labels(y, p: float, null: int, rng):
 def guide(f_c, f_u, w: float):
     """f̃ = (1 + w) f_c − w f_u: the guided prediction from the conditional and unconditional ones.  -> (N, D)"""
     return (1.0 + w) * f_c - w * f_u
+
+
+class Guided:
+    """A class-conditional model asked about fixed labels, with classifier-free guidance of scale w.
+
+    ``forward(x_t, t)`` -> (N, O): the guided prediction f̃ = (1 + w) f_c − w f_∅ in the first D outputs, from
+    one forward pass of 2N rows [x_t; x_t] labelled [y; ∅]; further outputs (a learned variance half) are the
+    conditional model's. w = 0 is the conditional model alone, one pass of N rows.
+    model: a Denoiser(num_classes=K); labels: the class of each of the N samples (N,), checked here.
+    """
+
+    def __init__(self, model, labels, w: float = 0.0) -> None:
+        if getattr(model, "label_emb", None) is None:
+            raise ValueError("labels need a class-conditional model (Denoiser(num_classes=K))")
+        self.model, self.w = model, float(w)
+        self.labels = check_labels(labels, len(labels), model.label_emb.n_classes)  # (N,)
+
+    def forward(self, x_t, t):
+        """The guided output (N, O) at x_t (N, D) and backend timesteps t (N,)."""
+        xp, n, d = backend.xp, x_t.shape[0], x_t.shape[1]
+        if self.labels.shape[0] != n:
+            raise ValueError(f"the chain has {self.labels.shape[0]} labels for {n} samples")
+        if self.w == 0:
+            return self.model.forward(x_t, t, self.labels)
+        null = xp.full(n, self.model.label_emb.null, dtype="int64")  # ∅
+        both = self.model.forward(xp.concatenate([x_t, x_t]), xp.concatenate([t, t]),
+                                  xp.concatenate([self.labels, null]))  # [f_c; f_∅]  (2N, O)
+        out = both[:n].copy()  # conditional: its variance half is the one used
+        out[:, :d] = guide(both[:n, :d], both[n:, :d], self.w)
+        return out

@@ -22,7 +22,9 @@ import math
 
 from npdiff import backend
 from npdiff.processes import gaussian
-from npdiff.processes.ddpm import check_out_dim, draw_inputs, learned_range_log_var, learned_range_log_var_backward
+from npdiff.nn.losses import squared_error
+from npdiff.processes.ddpm import (check_out_dim, draw_inputs, learned_range_log_var, learned_range_log_var_backward,
+                                   mean_from_eps)
 from npdiff.processes.schedules import Schedule
 
 
@@ -49,9 +51,9 @@ class HybridObjective:
         x_t = schedule.q_sample(x0, t, noise)
         out = model.forward(x_t, t)
         eps_theta, o = out[:, :d], out[:, d:]
-        simple = ((eps_theta - noise) ** 2).mean()
+        simple, deps = squared_error(eps_theta, noise)  # L_simple and dL_simple/dε_θ
         frozen = eps_theta if frozen_eps is None else frozen_eps
-        mean_p = schedule.posterior_mean_from_eps(x_t, t, frozen)  # a constant in L_vlb (stop-gradient)
+        mean_p = mean_from_eps(schedule, x_t, t, frozen)  # a constant in L_vlb (stop-gradient)
         log_var_p, vcache = learned_range_log_var(schedule, o, t)
         decoder = schedule.is_decoder(t)  # (N, 1): the t = 1 rows
         mean_q, log_var_q = schedule.q_posterior(x0, x_t, t)  # t = 1 rows unused
@@ -60,7 +62,7 @@ class HybridObjective:
         term = xp.where(decoder, nll, kl).sum(axis=1)  # L_{t−1} per point, nats (N,)
         scale = self.lam * schedule.T / (d * math.log(2.0))  # λ·T·L_{t−1} in bits per dimension
         loss = simple + scale * term.mean()
-        cache = (noise, eps_theta, mean_q, log_var_q, mean_p, log_var_p, vcache, decoder, x0, scale)
+        cache = (deps, mean_q, log_var_q, mean_p, log_var_p, vcache, decoder, x0, scale)
         return loss, simple, schedule.T * term.mean(), cache
 
     def loss(self, model, x0, rng=None, *, t=None, noise=None, frozen_eps=None) -> float:
@@ -75,9 +77,8 @@ class HybridObjective:
         self.check_model(model)
         x0, t, noise = draw_inputs(self.schedule, model, x0, rng, t, noise)
         loss, self.last_simple, self.last_vlb, cache = self._forward(model, x0, t, noise)
-        noise, eps_theta, mean_q, log_var_q, mean_p, log_var_p, vcache, decoder, x0, scale = cache
-        n, d = x0.shape
-        deps = 2.0 * (eps_theta - noise) / (n * d)  # dL_simple/dε_θ; L_vlb sends none (stop-gradient)
+        deps, mean_q, log_var_q, mean_p, log_var_p, vcache, decoder, x0, scale = cache  # ε_θ: L_simple's only
+        n = x0.shape[0]
         _, dlv_kl = gaussian.kl_backward(mean_q, log_var_q, mean_p, log_var_p, scale / n)
         _, dlv_nll = gaussian.log_density_backward(x0, mean_p, log_var_p, -scale / n)
         dlog_var = xp.where(decoder, dlv_nll, dlv_kl)  # (N, D)

@@ -12,7 +12,6 @@ Equations (Ho et al. 2020, "DDPM", Eqs. 2-7; Sohl-Dickstein et al. 2015, Sec. 2)
         β̃_t = β_t (1−ᾱ_{t−1})/(1−ᾱ_t)
     x̂_0(x_t, ε) = x_t/√ᾱ_t − √(1/ᾱ_t − 1) ε                                      (Eq. 4 solved for x_0)
     v = √ᾱ_t ε − √(1−ᾱ_t) x_0;  ε = √(1−ᾱ_t) x_t + √ᾱ_t v;  x_0 = √ᾱ_t x_t − √(1−ᾱ_t) v  (Salimans & Ho 2022)
-    μ̃_t(x̂_0(x_t, ε), x_t) = (x_t − β_t/√(1−ᾱ_t) ε)/√α_t                            (DDPM Eq. 11)
     SNR(t) = ᾱ_t / (1 − ᾱ_t)                                  (Kingma et al. 2021, VDM)
 
 The timesteps live here too: training draws t ∈ {1..T} (``sample_t``; the Sohl-Dickstein bound draws
@@ -187,15 +186,6 @@ class Schedule:
     def predict_x0(self, x_t, t, eps):
         """x̂_0 = x_t/√ᾱ_t − √(1/ᾱ_t − 1) ε, the x_0 that q_sample would map to x_t with noise ε.  -> (N, D)"""
         return self.at("sqrt_recip_alpha_bar", t, x_t) * x_t - self.at("sqrt_recipm1_alpha_bar", t, x_t) * eps
-
-    def posterior_mean_from_eps(self, x_t, t, eps):
-        """μ̃_t(x̂_0(x_t, ε), x_t) = (x_t − β_t/√(1−ᾱ_t) ε)/√α_t (DDPM Eq. 11).  -> (N, D)
-
-        The same mean as ``q_posterior(predict_x0(x_t, t, eps), x_t, t)``, written without 1/√ᾱ_t, which
-        at ᾱ_t ≈ 0 (the cosine schedule's last step) would cancel catastrophically in float32.
-        """
-        coef = self.at("betas", t, x_t) / self.at("sqrt_one_minus_alpha_bar", t, x_t)  # β_t/√(1−ᾱ_t)
-        return (x_t - coef * eps) / self.at("alphas", t, x_t) ** 0.5
 
     def eps_from_x0(self, x_t, t, x0):
         """ε = (x_t − √ᾱ_t x_0)/√(1−ᾱ_t), the noise that q_sample would need to map x_0 to x_t.  -> (N, D)"""
