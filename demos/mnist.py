@@ -38,6 +38,7 @@ from npdiff.cli import entry
 from npdiff.images import idx, image_viz
 from npdiff.io import fileio, threads, viz
 from npdiff.images.quality import ImageJudge, format_table
+from npdiff.processes.predictions import PREDICTIONS
 
 # chosen by the study in docs/images.md (FCD per CPU minute on Fashion-MNIST)
 DEFAULTS = dict(steps=8000, batch_size=128, lr=2e-3, T=1000, schedule="linear", prediction="x0", hidden=512,
@@ -63,7 +64,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, help=f"peak AdamW learning rate, cosine-decayed (default {DEFAULTS['lr']})")
     p.add_argument("--T", type=int, help=f"diffusion steps (default {DEFAULTS['T']})")
     p.add_argument("--schedule", choices=("linear", "cosine"), help=f"β schedule (default {DEFAULTS['schedule']})")
-    p.add_argument("--prediction", choices=("eps", "x0", "v"),
+    p.add_argument("--prediction", choices=PREDICTIONS,
                    help=f"what the network predicts (default {DEFAULTS['prediction']})")
     p.add_argument("--hidden", "--width", type=int, help=f"hidden width of the MLP (default {DEFAULTS['hidden']})")
     p.add_argument("--n-blocks", "--blocks", type=int, help=f"residual blocks (default {DEFAULTS['n_blocks']})")

@@ -16,11 +16,13 @@ import ast
 import functools
 import importlib
 import importlib.util
+import io
 import os
 import re
 import shlex
 import subprocess
 import sys
+import tokenize
 from pathlib import Path
 
 import pytest
@@ -114,12 +116,17 @@ def _entry_point(name: str):
 
 
 def _check_parses(entry, argv, monkeypatch, capsys, patch: bool) -> None:
-    """Parse argv with entry's own parser; fail with argparse's message if it refuses."""
+    """Parse argv with entry's own parser; fail with argparse's message if it refuses.
+
+    The parse is recorded before ``_Parsed`` stops the run, since an entry point that turns every exception
+    into a one-line error and a status (the ``npdiff`` command) catches even a BaseException."""
+    parsed = []
     if patch:
         parse_args = argparse.ArgumentParser.parse_args
 
         def stop_after_parsing(self, args=None, namespace=None):
-            raise _Parsed(parse_args(self, args, namespace))
+            parsed.append(parse_args(self, args, namespace))
+            raise _Parsed()
 
         monkeypatch.setattr(argparse.ArgumentParser, "parse_args", stop_after_parsing)
     try:
@@ -130,7 +137,8 @@ def _check_parses(entry, argv, monkeypatch, capsys, patch: bool) -> None:
         if exit_.code not in (0, None):  # 0: a shown --help
             pytest.fail(f"argparse refused {argv}:\n{capsys.readouterr().err}")
         return
-    assert not patch, "the entry point returned without parsing its arguments"
+    if patch and not parsed:
+        pytest.fail(f"the entry point did not parse {argv}:\n{capsys.readouterr().err}")
 
 
 def _extras_of_pyproject() -> set[str]:
@@ -245,3 +253,120 @@ def test_every_link_and_repository_path_on_the_page_exists(page):
             assert anchor in _anchors(resolved), f"{_rel(page)} links to {target}: no such heading"
     for path in re.findall(r"`((?:npdiff|demos|benchmarks|tests|docs|\.ci)/[\w./-]+)`", text):
         assert (ROOT / path).exists(), f"{_rel(page)} names {path}, which does not exist"
+
+
+# --- docs/gradients.md: the three checks a learner runs after a change, each a command that runs -----------
+
+GRADIENTS = ROOT / "docs" / "gradients.md"
+CHECKS = {"Check a changed layer": "demos/gradcheck.py", "Check a changed loss": "--objective",
+          "Check a new objective": ".py:"}  # each section's commands include a gradcheck run with this
+
+
+def _section_commands(page: Path) -> dict[str, list[list[str]]]:
+    """heading -> the commands of the ```bash blocks under it (up to the next heading of the same level)."""
+    text = page.read_text(encoding="utf-8")
+    sections = re.split(r"^## (.+)$", text, flags=re.M)
+    return {heading.strip(): [argv for _, body in _fenced(body, "bash") for line in body.split("\n")
+                              for argv in _split(line)]
+            for heading, body in zip(sections[1::2], sections[2::2])}
+
+
+def test_gradients_page_has_a_command_for_a_changed_layer_a_changed_loss_and_a_new_objective():
+    sections = _section_commands(GRADIENTS)
+    for heading, marker in CHECKS.items():
+        assert heading in sections, f"docs/gradients.md has no section '## {heading}'"
+        runs = [argv for argv in sections[heading] if argv[1:2] == ["demos/gradcheck.py"]]
+        assert any(marker in " ".join(argv) for argv in runs), (heading, sections[heading])
+
+
+GRADIENT_COMMANDS = [argv for commands in _section_commands(GRADIENTS).values() for argv in commands]
+
+
+@pytest.mark.parametrize("argv", GRADIENT_COMMANDS, ids=" ".join)
+def test_every_gradient_check_on_the_gradients_page_runs_and_passes(argv, tmp_path):
+    """Run for real from the repository root (FILE.py:CLASS paths are relative to it); --out goes to a
+    temporary folder and pytest keeps no cache, so the checkout is left as it was."""
+    assert argv[0] in PYTHONS, argv
+    args = list(argv[1:])
+    if args[:1] == ["demos/gradcheck.py"]:
+        args += ["--out", str(tmp_path / "out")]
+    elif args[:2] == ["-m", "pytest"]:
+        args += ["-p", "no:cacheprovider"]
+    run = _run([sys.executable, *args], ROOT, timeout=300)
+    assert run.returncode == 0, f"{' '.join(argv)}\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
+    if args[:1] == ["demos/gradcheck.py"]:
+        assert "(< 1e-6: OK)" in run.stdout
+
+
+# --- no dangling references: links, repository paths, file names and npdiff.* names all exist ------------
+
+TEXT_FILES = [*PAGES, ROOT / "benchmarks" / "README.md"]
+SOURCES = sorted(p for folder in ("npdiff", "demos", "benchmarks") for p in (ROOT / folder).rglob("*.py"))
+REPO_PATH = re.compile(r"(?<![\w./-])((?:npdiff|demos|benchmarks|docs|tests)/[\w./-]*\.[a-z]{2,4})\b")  # a file
+FILE_NAME = re.compile(r"(?<![\w/.-])([A-Za-z_][\w-]*\.(?:py|md))\b")
+DOTTED = re.compile(r"(?<![\w.])npdiff(?:\.[A-Za-z_]\w*)+")
+NOT_OURS = {  # file names the text may cite that are not files of this repository, and why
+    "gradient_check.py": "CS231n's assignment code", "model.py": "Sohl-Dickstein et al.'s released Theano code",
+    "FILE.py": "a placeholder in demos/gradcheck.py's usage", "my_objective.py": "a learner's file, docs/gradients.md",
+    "table.md": "written by the demos into --out", "gpu_check.md": "written by benchmarks/gpu_check.py",
+}
+
+
+@functools.cache
+def _repository_file_names() -> frozenset[str]:
+    names = set()
+    for folder, subfolders, files in os.walk(ROOT):
+        subfolders[:] = [d for d in subfolders if not d.startswith(".") and d not in ("out", "__pycache__")]
+        names.update(files, subfolders)
+    return frozenset(names)
+
+
+def _resolves(dotted: str) -> bool:
+    """npdiff.a.b.c names a module, or an attribute of the longest importable module prefix."""
+    parts = dotted.split(".")
+    for i in range(len(parts), 0, -1):
+        try:
+            if importlib.util.find_spec(".".join(parts[:i])) is None:
+                continue
+        except ModuleNotFoundError:  # a prefix inside a module, not a package: npdiff.data.standardize
+            continue
+        obj = importlib.import_module(".".join(parts[:i]))  # a module that exists but fails to import: an error
+        try:
+            for name in parts[i:]:
+                obj = getattr(obj, name)
+        except AttributeError:
+            return False
+        return True
+    return False
+
+
+def _prose(path: Path) -> str:
+    """A page's text; of a Python file, its docstrings and comments (code that imports an old layout on
+    purpose, such as benchmarks/compare_trees.py's worker, is left to run)."""
+    text = path.read_text(encoding="utf-8")
+    if path.suffix != ".py":
+        return text
+    nodes = [node for node in ast.walk(ast.parse(text))
+             if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))]
+    docstrings = [ast.get_docstring(node, clean=False) or "" for node in nodes]
+    lines = io.StringIO(text).readline
+    comments = [tok.string for tok in tokenize.generate_tokens(lines) if tok.type == tokenize.COMMENT]
+    return "\n".join(docstrings + comments)
+
+
+@pytest.mark.parametrize("path", [*TEXT_FILES, *SOURCES], ids=_rel)
+def test_every_path_file_name_and_npdiff_name_mentioned_exists(path):
+    """In README.md, docs/*.md, benchmarks/README.md and every docstring and comment of npdiff/, demos/ and
+    benchmarks/: a repository path (npdiff/…, demos/…, benchmarks/…, docs/…, tests/…), a bare file name
+    (DESIGN.md, models.py) and a dotted npdiff.… name must exist, so a moved or renamed file cannot leave a
+    dangling reference behind."""
+    text = _prose(path)
+    names = _repository_file_names()
+    for found in REPO_PATH.findall(text):
+        assert (ROOT / found).exists(), f"{_rel(path)} names {found}, which does not exist"
+    for found in FILE_NAME.findall(text):
+        assert found in names or found in NOT_OURS, (
+            f"{_rel(path)} names {found}: no file of the repository has that name (cite its path, or add it to "
+            "NOT_OURS if it is another project's file)")
+    for found in DOTTED.findall(text):
+        assert _resolves(found), f"{_rel(path)} names {found}, which is neither a module nor an attribute"
