@@ -20,6 +20,7 @@ import pytest
 from npdiff import cli
 from npdiff.diffusion import OBJECTIVES
 from npdiff.processes.conditioning import METHODS
+from npdiff.processes.predictions import PREDICTIONS
 from npdiff.training import checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -311,7 +312,7 @@ def test_a_sohl_dickstein_chain_samples_given_coordinates_too(tmp_path):
     assert (x[:, 1] == 0.25).all() and np.isfinite(x[:, 0]).all() and x[:, 0].std() > 0
 
 
-@pytest.mark.parametrize("prediction", ["x0", "v"])
+@pytest.mark.parametrize("prediction", [p for p in PREDICTIONS if p != "eps"])  # eps: the default
 def test_prediction_flag_trains_that_target_and_sampling_follows_it(tmp_path, points_csv, capsys, prediction):
     csv, x = points_csv
     ckpt = tmp_path / "m.npz"

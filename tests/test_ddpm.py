@@ -10,6 +10,7 @@ from npdiff.nn.denoiser import Denoiser
 from npdiff.nn.gradcheck import check, rel_error, worst
 from npdiff.nn.losses import squared_error
 from npdiff.processes import ddpm, sampling
+from npdiff.processes.predictions import PREDICTIONS
 from npdiff.processes.schedules import Schedule
 
 MEAN = np.array([1.0, -0.5])
@@ -72,7 +73,7 @@ def test_the_default_kernel_is_eq_11_with_the_named_variance_written_out_by_hand
     np.testing.assert_allclose(log_var, np.broadcast_to(np.log(sigma2), (6, 2)), rtol=1e-12)
 
 
-@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+@pytest.mark.parametrize("prediction", PREDICTIONS)
 def test_a_clipped_chain_takes_the_posterior_mean_of_the_clipped_x0_hat(prediction):
     """With clip_x0 the kernel's mean is μ̃_t(clip(x̂_0), x_t) = c1·clip(x̂_0) + c2·x_t (DDPM Eq. 7), by hand,
     and DDIM's pair is the clipped x̂_0 with the ε that q_sample maps to it."""
@@ -175,7 +176,7 @@ def test_v_parameterisation_inverts_exactly():
     np.testing.assert_allclose(s.x0_from_v(x_t, t, v), x0, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+@pytest.mark.parametrize("prediction", PREDICTIONS)
 def test_min_snr_weighting_is_the_same_x0_error_for_every_prediction(prediction):
     """Hang et al.'s weights make min(SNR_t, γ)·(x̂_0 − x_0)² whatever the network predicts: feed each
     parameterisation the prediction that corresponds to one x̂_0 and the three losses agree."""

@@ -9,6 +9,7 @@ from npdiff.nn import gradcheck
 from npdiff.processes import guidance, sampling
 from npdiff.training import train
 from npdiff.processes.ddpm import EpsilonChain, EpsilonObjective
+from npdiff.processes.predictions import PREDICTIONS
 from npdiff.nn.embeddings import LabelEmbedding
 from npdiff.nn.losses import check_labels
 from npdiff.nn.denoiser import Denoiser
@@ -85,7 +86,7 @@ def test_guide_conventions():
     assert np.allclose(guidance.guide(f_c, f_u, s - 1), f_u + s * (f_c - f_u))
 
 
-@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+@pytest.mark.parametrize("prediction", PREDICTIONS)
 def test_guided_chain_is_the_batched_form_of_two_passes(prediction):
     """The chain's guided ε̃ equals (1 + w) ε_c − w ε_∅ from two separate passes, whatever the model predicts
     (guiding x̂_0 or v predictions is guiding ε: they are affine in ε with weights summing to 1)."""
@@ -203,7 +204,7 @@ def side_accuracy(samples, k):
     return float((np.sign(samples[:, 0]) == (1 if k == 1 else -1)).mean())
 
 
-@pytest.mark.parametrize("sampler", ["ancestral", "ddim"])
+@pytest.mark.parametrize("sampler", sampling.SAMPLERS)
 def test_guidance_sharpens_class_conditional_samples(trained_labelled, sampler):
     """Samples asked for class k land on class k's side as often as the data's do, more often with guidance;
     those of an untrained model do not, and the unconditional ones fall on both sides, about half each."""

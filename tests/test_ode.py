@@ -17,6 +17,7 @@ from npdiff.nn.denoiser import Denoiser
 from npdiff.processes import ode, sampling
 from npdiff.processes.ddpm import EpsilonChain
 from npdiff.processes.oracles import GaussianDenoiser, GaussianEpsilon
+from npdiff.processes.predictions import PREDICTIONS
 from npdiff.processes.schedules import Schedule
 
 MEAN = np.array([0.5, -1.0, 0.3])
@@ -102,7 +103,7 @@ def _x0_oracle(schedule, prediction):
 
 
 @pytest.mark.parametrize("steps", [10, None])
-@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+@pytest.mark.parametrize("prediction", PREDICTIONS)
 def test_euler_equals_ddim_with_eta_zero(prediction, steps):
     schedule = Schedule(200, "cosine")
     chain = EpsilonChain(_x0_oracle(schedule, prediction), schedule, prediction=prediction, max_gain=None)

@@ -14,6 +14,7 @@ from npdiff.processes import flow, ode
 from npdiff.processes.ddpm import EpsilonChain
 from npdiff.processes.ode_likelihood import (model_sigmas, ode_log_likelihood, trace_exact, trace_hutchinson)
 from npdiff.processes.oracles import GaussianDenoiser
+from npdiff.processes.predictions import PREDICTIONS
 from npdiff.processes.schedules import Schedule
 
 MEAN = np.array([0.5, -1.0, 0.3])
@@ -55,7 +56,7 @@ def _network_denoisers():
     schedule = Schedule(40)
     rng = np.random.default_rng(3)
     out = []
-    for prediction in ("eps", "x0", "v"):
+    for prediction in PREDICTIONS:
         model = Denoiser(3, hidden=12, n_blocks=1, emb_dim=4, coord_scale=1.0, dtype="float64", seed=1)
         out.append((prediction, ode.ChainDenoiser(EpsilonChain(model, schedule, prediction=prediction, max_gain=None))))
     labelled = Denoiser(3, hidden=12, n_blocks=1, emb_dim=4, coord_scale=1.0, num_classes=2, dtype="float64", seed=2)

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 
 from npdiff.processes import predictions
-from npdiff.processes.schedules import Schedule
+from npdiff.processes.schedules import SCHEDULES, Schedule
 
 
-@pytest.mark.parametrize("name", ["linear", "cosine"])
-@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+@pytest.mark.parametrize("name", [name for name in SCHEDULES if name != "custom"])  # custom takes β's
+@pytest.mark.parametrize("prediction", predictions.PREDICTIONS)
 def test_each_target_converts_back_to_the_noise_and_the_data_that_made_x_t(name, prediction):
     """Fed its own exact target, every prediction gives back ε_θ = ε and x̂_0 = x_0: ε ↔ x̂_0 ↔ v round-trip."""
     s, rng = Schedule(100, name), np.random.default_rng(0)
