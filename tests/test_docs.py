@@ -301,7 +301,8 @@ def test_every_gradient_check_on_the_gradients_page_runs_and_passes(argv, tmp_pa
 # --- no dangling references: links, repository paths, file names and npdiff.* names all exist ------------
 
 TEXT_FILES = [*PAGES, ROOT / "benchmarks" / "README.md"]
-SOURCES = sorted(p for folder in ("npdiff", "demos", "benchmarks") for p in (ROOT / folder).rglob("*.py"))
+SOURCES = sorted(p for folder in ("npdiff", "demos", "benchmarks", "tests") for p in (ROOT / folder).rglob("*.py")
+                 if p != Path(__file__).resolve())  # this file names dangling examples on purpose
 REPO_PATH = re.compile(r"(?<![\w./-])((?:npdiff|demos|benchmarks|docs|tests)/[\w./-]*\.[a-z]{2,4})\b")  # a file
 FILE_NAME = re.compile(r"(?<![\w/.-])([A-Za-z_][\w-]*\.(?:py|md))\b")
 DOTTED = re.compile(r"(?<![\w.])npdiff(?:\.[A-Za-z_]\w*)+")
@@ -356,8 +357,8 @@ def _prose(path: Path) -> str:
 
 @pytest.mark.parametrize("path", [*TEXT_FILES, *SOURCES], ids=_rel)
 def test_every_path_file_name_and_npdiff_name_mentioned_exists(path):
-    """In README.md, docs/*.md, benchmarks/README.md and every docstring and comment of npdiff/, demos/ and
-    benchmarks/: a repository path (npdiff/…, demos/…, benchmarks/…, docs/…, tests/…), a bare file name
+    """In README.md, docs/*.md, benchmarks/README.md and every docstring and comment of npdiff/, demos/,
+    benchmarks/ and tests/: a repository path (npdiff/…, demos/…, benchmarks/…, docs/…, tests/…), a bare file name
     (DESIGN.md, models.py) and a dotted npdiff.… name must exist, so a moved or renamed file cannot leave a
     dangling reference behind."""
     text = _prose(path)
