@@ -70,9 +70,7 @@ def main(argv=None) -> int:
             how = f"continue with: {_resume_command(argv)}" if stop.saved else "nothing was saved"
             print(f"{name}: stopped: {_one_line(stop)}; {how}", file=sys.stderr)
             return 128 + stop.signum
-        except BaseException as err:  # noqa: BLE001 — one line and a status (npdiff.cli.entry, shared with the demos)
-            if isinstance(err, GeneratorExit):
-                raise
+        except (Exception, KeyboardInterrupt) as err:  # one line and a status (npdiff.cli.entry, shared with demos)
             return entry.failure(name, err)
     caught.summary(name)
     return 0

@@ -90,7 +90,7 @@ def run_demo(main, argv=None, name: str | None = None) -> int:
         warnings.showwarning = caught.show
         try:
             main(argv)
-        except BaseException as err:  # noqa: BLE001 — every failure becomes one line
+        except (Exception, KeyboardInterrupt, SystemExit) as err:  # every failure becomes one line
             return _demo_failure(name, err)
     caught.summary(name)
     return 0
@@ -105,8 +105,6 @@ def _demo_failure(name: str, err: BaseException) -> int:
     if isinstance(err, TrainingInterrupted):
         print(f"{name}: stopped: {one_line(err)}", file=sys.stderr)
         return 128 + err.signum
-    if isinstance(err, GeneratorExit):
-        raise err
     return failure(name, err)
 
 
