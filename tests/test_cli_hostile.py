@@ -137,6 +137,7 @@ def d(tmp_path_factory):
     np.save(d / "old.npy", np.arange(4.0))
     (d / "old.png").write_bytes(b"\x89PNG the user's figure")
     os.symlink(d / "nowhere.npy", d / "dangling.npy")
+    os.symlink(d / "points.csv", d / "link.npz")
     (d / "judgeckpt").mkdir()
     os.link(d / "images.npz", d / "judgeckpt" / "classifier.npz")  # the cache path names the checkpoint itself
     return d
@@ -203,6 +204,9 @@ CASES = [
     ("data loss", "train", "out held by a running train", ["lock"] + train(), USAGE, "is being written by"),
     ("data loss", "train", "out is the --labels file", ["train", "{d}/points.npy", "--labels", "{d}/y.npy", "--out",
                                                         "{d}/y.npy", *TINY], USAGE, "same file as --labels"),
+    ("data loss", "train", "out --force is a link to the data", train("{d}/points.csv", "--force",
+                                                                      out="{d}/link.npz"), USAGE,
+     "same file as DATA"),
     ("data loss", "train", "resume on same-shape other data",
      ["train", "{d}/other.npy", "--out", "{d}/cond.npz", "--labels", "{d}/y.npy", *TINY[:-4], "--steps", "40",
       "--batch-size", "32", "--resume"], USAGE, r"DATA of shape \(200, 2\) and SHA-256"),
@@ -254,6 +258,8 @@ CASES = [
                                                                                       "--guidance", "0"), OK, ""),
     ("nonsense", "train", "--n with a data file", train("{d}/points.csv", "--n", "50"), USAGE,
      "--n is not used here"),
+    ("nonsense", "train", "--no-labels with points", train("{d}/points.csv", "--no-labels"), USAGE,
+     "--no-labels is not used here"),
     ("nonsense", "train", "--coord-scale with images", train("{d}/mnist", "--coord-scale", "3"), USAGE,
      "--coord-scale is not used here"),
     ("nonsense", "eval", "--n with a data file", evaluate("model.npz", "{d}/points.csv", "--n", "5"), USAGE,

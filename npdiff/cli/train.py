@@ -137,7 +137,9 @@ def check_train_flags(args) -> None:
     refuse_unused([("--n", args.n is not None and not toy, f"it sets how many points a toy set draws, and "
                     f"{args.data!r} is not a toy set"),
                    ("--coord-scale", args.coord_scale is not None and images, "an image folder's pixels go in as "
-                    "they are, without the coordinate embedding")])
+                    "they are, without the coordinate embedding"),
+                   ("--no-labels", args.no_labels and not images, f"{args.data!r} is not an image folder, and points "
+                    "train without labels unless --labels or --label-column gives them")])
     if args.resume and args.force:
         raise UsageError("--resume continues the checkpoint at --out and --force replaces it: pass one of them")
     check_distinct(args.out, [("DATA", None if toy else args.data), ("--labels", args.labels)])
