@@ -17,8 +17,8 @@ so Euler in t on the flow path is Euler in σ (``ode.euler``), i.e. DDIM on the 
 
 Time enters the network as an integer: npdiff's ``TimestepEmbedding`` takes integer timesteps, so t lives
 on the K + 1 levels t = k/K, k ∈ {0..K} (K = ``time_levels``), and the network sees k (the embedding of t·K,
-the scale of DDPM's T = 1000). Training draws t continuously and rounds it to the nearest level; x_t is made at that
-level, so the network always sees the t its input was made at.
+the scale of DDPM's T = 1000). Training draws t continuously and rounds it to the nearest level; x_t is made
+at that level, so the network always sees the t its input was made at.
 """
 
 from __future__ import annotations

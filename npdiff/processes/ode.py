@@ -170,7 +170,7 @@ def heun(denoiser, sigmas, y, *, s_churn: float = 0.0, s_tmin: float = 0.0, s_tm
             y = y + s_noise * math.sqrt(sigma_hat ** 2 - sigma ** 2) * noise
         d = (y - denoiser(y, sigma_hat)) / sigma_hat
         y_euler = y + (sigma_next - sigma_hat) * d
-        if sigma_next == 0:  # D(y, 0) is y itself: no second slope to take
+        if sigma_next == 0:  # the slope at σ = 0 is 0/0: Algorithm 2 corrects only where σ_{i+1} ≠ 0
             y = y_euler
         else:  # the trapezoid rule: average the slopes at both ends
             d_next = (y_euler - denoiser(y_euler, sigma_next)) / sigma_next
