@@ -131,7 +131,8 @@ def d(tmp_path_factory):
     (d / "zip_garbage.npz").write_bytes(b"PK\x03\x04" + bytes(range(256)) * 4)
     badgz = d / "badgz"
     badgz.mkdir()
-    (badgz / (idx.FILES["train"][0] + ".gz")).write_bytes(gzip.compress(bytes(100))[:-9] + b"\xff" * 9)
+    valid = bytes([0, 0, 0x08, 1]) + (96).to_bytes(4, "big") + bytes(96)  # an IDX file of 96 bytes
+    (badgz / (idx.FILES["train"][0] + ".gz")).write_bytes(gzip.compress(valid)[:-9] + b"\xff" * 9)
     idx.write_idx(badgz / (idx.FILES["train"][1] + ".gz"), np.zeros(1, np.uint8))
     (d / "outdir").mkdir()
     np.save(d / "old.npy", np.arange(4.0))

@@ -8,6 +8,7 @@ import http.server
 import os
 import socket
 import threading
+import zlib
 
 import numpy as np
 import pytest
@@ -267,3 +268,46 @@ def test_real_fashion_mnist_files():
     xt, yt = idx.load_mnist(idx.FASHION_MNIST_DIR, "test")
     assert xt.shape == (10000, 28, 28) and np.bincount(yt).tolist() == [1000] * 10
     assert x.min() == 0 and x.max() == 255 and 60 < x.mean() < 80  # mostly dark background
+
+
+def _bomb(path, forge_trailer: bool = False) -> None:
+    """A gzipped IDX file whose header promises 4×4 bytes, followed by 64 MiB of zeros (65 kB on disk); with
+    forge_trailer, its gzip trailer's size is rewritten to the 28 bytes (12 of header, 16 of data) it promises."""
+    body = bytes([0, 0, 0x08, 2]) + np.asarray((4, 4), ">u4").tobytes() + bytes(64 * 2**20)
+    raw = bytearray(gzip.compress(body, compresslevel=9))
+    if forge_trailer:
+        raw[-4:] = (28).to_bytes(4, "little")
+    path.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize("forge_trailer, message", [(False, "trailer declares"), (True, "trailing bytes")])
+def test_a_gzip_bomb_is_refused_having_expanded_no_more_than_its_header_promises(tmp_path, monkeypatch, forge_trailer,
+                                                                                 message):
+    path = tmp_path / "bomb-idx.gz"
+    _bomb(path, forge_trailer)
+    expanded = []
+    real = zlib.decompressobj
+
+    class Counting:
+        def __init__(self, *args):
+            self.inner = real(*args)
+
+        def decompress(self, data, max_length=0):
+            out = self.inner.decompress(data, max_length)
+            expanded.append(len(out))
+            return out
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    monkeypatch.setattr(idx.zlib, "decompressobj", Counting)
+    with pytest.raises(ValueError, match=message):
+        idx.read_idx(path)
+    assert sum(expanded) <= 29, sum(expanded)  # the 28 bytes promised and one past them
+
+
+def test_an_idx_header_beyond_the_cap_is_refused_before_its_data_are_expanded(tmp_path):
+    path = tmp_path / "huge-idx.gz"
+    path.write_bytes(gzip.compress(bytes([0, 0, 0x08, 3]) + np.asarray((2**24, 256, 256), ">u4").tobytes()))
+    with pytest.raises(ValueError, match=r"promises 1099511627792 bytes, more than the 2147483648 bytes"):
+        idx.read_idx(path)

@@ -87,10 +87,13 @@ def _read_bytes(path: str, limit: int = MAX_IDX_BYTES) -> bytes:
             raise ValueError(f"{path}: corrupt or truncated gzip data ({err})") from None
 
 
-def _promised(head: bytes | bytearray) -> int | None:
-    """The total size an IDX header promises (header and data), once ``head`` holds the whole header."""
-    if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] not in TYPE_CODES:
-        return 4 if len(head) < 4 else -1  # -1: not an IDX header (parse_idx says why)
+def _promised(head) -> int | None:
+    """The total size (header and data) that an IDX header promises once ``head`` holds the whole header; None
+    before; -1 when ``head`` does not start like an IDX header (parse_idx then says why)."""
+    if len(head) < 4:
+        return None
+    if head[0] != 0 or head[1] != 0 or head[2] not in TYPE_CODES:
+        return -1
     start = 4 + 4 * head[3]
     if len(head) < start:
         return None
@@ -99,12 +102,16 @@ def _promised(head: bytes | bytearray) -> int | None:
 
 
 def _gunzip_idx(f, path: str, limit: int, declared: int | None) -> bytearray:
-    """Expand the gzip stream of f up to one byte past what its IDX header promises (parse_idx then reports
-    trailing bytes), never past ``limit``."""
+    """Expand the gzip stream of f as far as its IDX header promises and one byte more (parse_idx then reports
+    trailing bytes), the header first: never past ``limit``, and not at all when the gzip trailer's size differs."""
     out, pending = bytearray(), b""
     stream = zlib.decompressobj(16 + zlib.MAX_WBITS)
     want = None  # the IDX file's total size, once its header is out
-    while True:
+    while want is None or (want >= 0 and len(out) <= want):
+        if want is None:  # the 4 fixed bytes, then the dimensions they announce
+            goal = 4 if len(out) < 4 else 4 + 4 * out[3]
+        else:
+            goal = want + 1
         if not pending:
             if stream.eof:
                 pending = stream.unused_data or f.read(_READ_BLOCK)
@@ -115,20 +122,16 @@ def _gunzip_idx(f, path: str, limit: int, declared: int | None) -> bytearray:
                 pending = f.read(_READ_BLOCK)
                 if not pending:
                     raise ValueError(f"{path}: corrupt or truncated gzip data (the stream ends early)")
-        room = (want if want is not None and want >= 0 else 4 + 4 * 255) + 1 - len(out)
-        out += stream.decompress(pending, max(room, 1))
+        out += stream.decompress(pending, goal - len(out))
         pending = stream.unconsumed_tail
-        if want is None or want == 4:
+        if want is None:
             want = _promised(out)
-            if want is not None and want > 4:
-                if want > limit:
-                    raise ValueError(f"{path}: its IDX header promises {want} bytes, more than the {limit} bytes "
-                                     "npdiff expands from a gzip file")
-                if declared is not None and declared != want % 2**32:
-                    raise ValueError(f"{path}: corrupt or truncated gzip data: its trailer declares {declared} "
-                                     f"bytes but its IDX header promises {want}")
-        if want == -1 or (want is not None and want > 4 and len(out) > want):
-            break  # not IDX, or trailing bytes: parse_idx names the problem without expanding the rest
+            if want is not None and want > limit:
+                raise ValueError(f"{path}: its IDX header promises {want} bytes, more than the {limit} bytes npdiff "
+                                 "expands from a gzip file")
+            if want is not None and want >= 0 and declared is not None and declared != want % 2**32:
+                raise ValueError(f"{path}: corrupt or truncated gzip data: its trailer declares {declared} bytes but "
+                                 f"its IDX header promises {want}")
     return out
 
 
