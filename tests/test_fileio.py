@@ -172,3 +172,12 @@ def test_check_writable_folder_tries_a_file(tmp_path):
         locked.mkdir(mode=0o500)
         with pytest.raises(PermissionError):
             fileio.check_writable_folder(locked / "x.npz")
+
+
+def test_two_names_of_one_output_share_its_lock(tmp_path):
+    (tmp_path / "real").mkdir()
+    os.symlink(tmp_path / "real", tmp_path / "alias")
+    with fileio.output_lock(tmp_path / "real" / "s.npy", "first"):
+        with pytest.raises(fileio.OutputBusy, match="first"):
+            with fileio.output_lock(tmp_path / "alias" / ".." / "alias" / "s.npy", "second"):
+                pass

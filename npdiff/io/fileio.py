@@ -176,7 +176,7 @@ class OutputBusy(OSError):
 
 
 def lock_path(path) -> str:
-    """The lock file of output ``path``: ``.<name>.npdiff-lock`` beside it."""
+    """The lock file of output ``path``: ``.<name>.npdiff-lock`` beside it (``output_lock`` resolves links first)."""
     folder, name = os.path.split(os.fspath(path))
     return os.path.join(folder, f".{name}{LOCK_SUFFIX}")
 
@@ -194,7 +194,7 @@ def output_lock(path, command: str = "npdiff"):
     """``with output_lock(p, "npdiff train"):`` hold ``p`` for one run. A second run on ``p`` raises OutputBusy
     naming the holder (its command, pid, host and start) instead of racing it; a lock whose process on this
     host has died is taken over. The lock file is removed at the end if it is still this run's."""
-    lock = lock_path(path)
+    lock = lock_path(os.path.realpath(os.fspath(path)))  # one lock whichever link or ../ names the output
     me = {"pid": os.getpid(), "host": socket.gethostname(), "command": command,
           "started": time.strftime("%Y-%m-%d %H:%M:%S"), "nonce": secrets.token_hex(8)}
     for attempt in range(2):
