@@ -217,3 +217,21 @@ def test_a_full_disk_leaves_the_previous_checkpoint_and_no_temporary_file(tmp_pa
     with pytest.raises(OSError, match="No space left"):
         checkpoint.save(path, model, optimizer=opt, step=2)
     assert path.read_bytes() == old and os.listdir(tmp_path) == ["c.npz"]
+
+
+def test_a_checkpoint_is_measured_before_it_is_expanded(tmp_path, monkeypatch):
+    """The archive's declared sizes against the cap, and each member's .npy header against the member's size."""
+    import zipfile
+
+    path = tmp_path / "m.npz"
+    checkpoint.save(path, Denoiser(2, hidden=4, n_blocks=0, emb_dim=4))
+    monkeypatch.setattr(checkpoint, "MAX_BYTES", 100)
+    with pytest.raises(ValueError, match=r"its arrays declare \d+ bytes, more than the 100"):
+        checkpoint.load(path)
+    monkeypatch.undo()
+    liar = tmp_path / "liar.npz"
+    with zipfile.ZipFile(liar, "w") as z, z.open("param/w.npy", "w") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": (10**12,)})
+        f.write(bytes(16))
+    with pytest.raises(ValueError, match=r"member 'param/w.npy' promises 4000000000000 bytes .* but holds 16"):
+        checkpoint.load(liar)

@@ -169,9 +169,10 @@ class Checkpoint:
             backend.set_rng_state(rng, rng_state)
 
 
-def _check_sizes(path: str, limit: int = MAX_BYTES) -> None:
-    """Before anything is expanded: the archive's declared sizes fit ``limit``, and no member's .npy header
+def _check_sizes(path: str) -> None:
+    """Before anything is expanded: the archive's declared sizes fit MAX_BYTES, and no member's .npy header
     promises more than the member declares (zipfile never reads past a member's declared size)."""
+    limit = MAX_BYTES
     if not zipfile.is_zipfile(path):
         return  # np.load says what the file is
     with zipfile.ZipFile(path) as archive:
