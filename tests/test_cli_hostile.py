@@ -413,3 +413,36 @@ if __name__ == "__main__":
         per = ", ".join(f"{cmd} {m}" for (k, cmd), m in sorted(by_command.items()) if k == kind)
         print(f"{kind:<10} {n:>3}  ({per})")
     print(f"{'total':<10} {len(CASES):>3}")
+
+
+def _png_pixels(raw: bytes) -> np.ndarray:
+    """The pixels of an 8-bit greyscale PNG whose scanlines all use filter 0 (what npdiff writes)."""
+    pos, data, size = 8, b"", None
+    while pos < len(raw):
+        length = struct.unpack(">I", raw[pos:pos + 4])[0]
+        kind, body = raw[pos + 4:pos + 8], raw[pos + 8:pos + 8 + length]
+        if kind == b"IHDR":
+            size = struct.unpack(">II", body[:8])
+        elif kind == b"IDAT":
+            data += body
+        pos += 12 + length
+    width, height = size
+    lines = np.frombuffer(__import__("zlib").decompress(data), np.uint8).reshape(height, width + 1)
+    assert not lines[:, 0].any()
+    return lines[:, 1:]
+
+
+@pytest.mark.parametrize("n, columns, chunks", [(9, 4, [3, 1, 5]), (8, 4, [8]), (5, 3, [1, 1, 1, 1, 1]), (1, 1, [1])])
+def test_the_streamed_grid_is_the_mosaic_of_all_samples(tmp_path, n, columns, chunks):
+    from npdiff.cli import images as cli_images
+
+    vectors = np.random.default_rng(n).uniform(-1.2, 1.2, (n, 6))  # beyond ±1 too: clipped to the pixel range
+    with cli_images.write_grid_rows(tmp_path / "g.png", n, (2, 3), columns) as grid:
+        start = 0
+        for size in chunks:
+            grid.write(vectors[start:start + size])
+            start += size
+    np.testing.assert_array_equal(_png_pixels((tmp_path / "g.png").read_bytes()),
+                                  cli_images.mosaic(vectors, (2, 3), columns))
+    assert _png_pixels(cli_images.png_bytes(cli_images.mosaic(vectors, (2, 3), columns))).shape == \
+        cli_images.grid_size(n, (2, 3), columns)

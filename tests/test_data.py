@@ -220,3 +220,13 @@ def test_load_points_refuses_complex_and_folders_and_overflow(tmp_path):
         data.load_points(tmp_path / "s.npy")
     np.save(tmp_path / "b.npy", np.array([[True, False], [False, True]]))
     np.testing.assert_array_equal(data.load_points(tmp_path / "b.npy"), [[1.0, 0.0], [0.0, 1.0]])
+
+
+def test_a_npy_header_promising_more_than_the_file_holds_is_refused_before_reading(tmp_path):
+    path = tmp_path / "liar.npy"
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f8", "fortran_order": False, "shape": (10**12, 2)})
+        f.write(bytes(160))
+    with pytest.raises(ValueError, match=r"header promises shape \(1000000000000, 2\) of float64 "
+                                         r"\(16000000000000 bytes\), the file holds 160"):
+        data.load_points(path)
