@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from npdiff.nn.denoiser import Denoiser
-from npdiff.processes import ode, sampling
+from npdiff.processes import conditioning, ode, sampling
 from npdiff.processes.ddpm import EpsilonChain
 from npdiff.processes.oracles import GaussianDenoiser, GaussianEpsilon
 from npdiff.processes.predictions import PREDICTIONS
@@ -155,6 +155,37 @@ def test_a_discrete_model_is_sampled_on_its_own_levels_and_reaches_the_data():
         denoiser(np.zeros((1, 3)), 0.5 * (denoiser.sigmas[10] + denoiser.sigmas[11]))
 
 
+@pytest.mark.parametrize("solver", ode.SOLVERS)
+def test_the_conditioned_ode_samples_the_exact_gaussian_posterior(solver):
+    # given x_0 = 1.5 and an observation 0.4 of x_2 with noise 0.5: the posterior is conditioning.gaussian_posterior's
+    given, observed = np.array([1.5, np.nan, np.nan]), np.array([0.0, 0.0, 0.4])
+    noise_std = np.array([np.inf, np.inf, 0.5])  # x_2 observed with noise 0.5, x_1 free
+    m, v = conditioning.factor(3, given=given, observed=observed, noise_std=noise_std)
+    post_mean, post_cov = conditioning.gaussian_posterior(MEAN, COV, given, observed, noise_std)
+    denoiser = ode.ConditionedDenoiser(GaussianDenoiser(MEAN, COV), m, v)
+    sigmas = ode.karras_sigmas(128, 2e-3, 80.0)
+    start = post_cov + sigmas[0] ** 2 * np.eye(3)  # the posterior blurred by σ_max
+    mean, cov = final_moments(denoiser, sigmas, solver, start, mean=post_mean)
+    assert mean[0] == pytest.approx(1.5, abs=1e-12) and abs(cov[0]).max() < 1e-12  # the given coordinate is exact
+    np.testing.assert_allclose(mean, post_mean, atol=1e-9)
+    assert np.linalg.norm(cov - post_cov) / np.linalg.norm(post_cov) < (0.05 if solver == "euler" else 2e-3)
+    unconditioned = final_moments(GaussianDenoiser(MEAN, COV), sigmas, solver, start, mean=post_mean)[1]
+    assert np.linalg.norm(unconditioned - post_cov) / np.linalg.norm(post_cov) > 0.3  # the condition matters
+
+
+def test_a_conditioned_network_ends_on_its_given_coordinates():
+    schedule = Schedule(50)
+    model = Denoiser(3, hidden=16, n_blocks=1, emb_dim=8, coord_scale=1.0, dtype="float64", seed=2)
+    m, v = conditioning.factor(3, given=np.array([[0.7, np.nan, -0.2]] * 4))
+    denoiser = ode.ConditionedDenoiser(ode.ChainDenoiser(EpsilonChain(model, schedule, prediction="v", max_gain=None)),
+                                       m, v)
+    out = ode.sample_ode(denoiser, 4, np.random.default_rng(3), ode.ddim_sigmas(schedule, 20), solver="dpmpp_2m")
+    np.testing.assert_allclose(out[:, [0, 2]], [[0.7, -0.2]] * 4, atol=1e-10)
+    assert out[:, 1].std() > 1e-3
+    with pytest.raises(ValueError, match="same coordinates"):
+        ode.ConditionedDenoiser(denoiser, [[0.0, np.nan, 0.0], [np.nan, 0.0, 0.0]], [[0, np.inf, 0], [np.inf, 0, 0]])
+
+
 def test_heun_with_churn_adds_noise_and_still_samples_the_data():
     oracle, rng = GaussianDenoiser(MEAN[:2], COV[:2, :2]), np.random.default_rng(6)
     sigmas = ode.karras_sigmas(128, 2e-3, 80.0)
@@ -268,8 +299,10 @@ def test_the_ode_samplers_run_on_device_with_numpys_numbers_and_no_read_back_per
         x = backend.asarray(x_T)
         strict_cupy.TRANSFERS.reset()
         outputs[where] = {solver: ode.solve(ode.ChainDenoiser(chain), sigmas, x, solver) for solver in ode.SOLVERS}
+        conditioned = ode.ConditionedDenoiser(ode.ChainDenoiser(chain), [0.3, np.nan], [0.0, np.inf])
+        outputs[where]["conditioned"] = ode.solve(conditioned, sigmas, x, "heun")
         if where == "device":
             assert strict_cupy.TRANSFERS.count == 0, strict_cupy.TRANSFERS.sites()
         outputs[where] = {k: backend.to_numpy(v) for k, v in outputs[where].items()}
-    for solver in ode.SOLVERS:
+    for solver in (*ode.SOLVERS, "conditioned"):
         np.testing.assert_allclose(outputs["device"][solver], outputs["host"][solver], rtol=1e-12, atol=1e-12)

@@ -20,6 +20,8 @@ a decreasing grid σ_0 > σ_1 > … > σ_{K−1} = 0 (``ddim_sigmas``: the model
                 y_{i+1} = (σ_{i+1}/σ_i) y_i − (e^{−h_i} − 1) D̃_i,  D̃_i = (1 + 1/(2r_i)) D_i − 1/(2r_i) D_{i−1}
                 (D̃_0 = D_0 and D̃ = D on the last step: then it is DPM-Solver++(1), i.e. Euler)
 A sample starts from the prior of a VP model, x_T ~ N(0, I), i.e. y_0 = x_T/√ᾱ_T = √(1 + σ_0²) x_T.
+``ConditionedDenoiser`` conditions any denoiser on observations (given or noisy coordinates) by a Kalman
+update of Tweedie's Gaussian p(x_0 | y) ≈ N(D, σ² ∂D/∂y): exact for Gaussian data.
 docs/continuous-time.md derives the ODE and shows DDIM, the flow path and EDM as one ODE.
 """
 
@@ -139,6 +141,41 @@ def network_vjp(model, x, t_rows, g, labels=None, guidance: float = 0.0):
     dx = model.backward(dout, input_grad=True)  # (len(weights)·N, D)
     model.flat_grads[...] = saved
     return dx[:n] if len(weights) == 1 else dx[:n] + dx[n:]
+
+
+class ConditionedDenoiser:
+    """D̃(y, σ) = E[x_0 | y, r]: a denoiser conditioned on a Gaussian factor r(x_0) = Π_k N(x_k; m_k, v_k) on the
+    coordinates K it constrains (``conditioning.factor``: v = 0 given, v = s² observed with noise s), by one
+    Kalman update of p(x_0 | y) ≈ N(D, σ² J), J = ∂D/∂y (Tweedie's mean and covariance; Boys et al. 2023):
+        D̃ = D + J_{K,:}ᵀ (J_{KK}ᵀ + diag(v_K)/σ²)⁻¹ (m_K − D_K)
+    with J's rows K from |K| vector–Jacobian products (``vjp``). Exact for Gaussian data with the exact
+    denoiser (p(x_0 | y) is then that Gaussian), so the ODE samples the exact posterior; given coordinates end
+    at m exactly for any denoiser. m, v: (D,) or (N, D), or (R, D) from ``factor``, the same K in every row.
+    """
+
+    def __init__(self, denoiser, m, v) -> None:
+        m, v = np.atleast_2d(np.asarray(m, dtype=np.float64)), np.atleast_2d(np.asarray(v, dtype=np.float64))
+        constrained = np.isfinite(v)
+        if not (constrained == constrained[0]).all() or not constrained[0].any():
+            raise ValueError("the factor must constrain the same coordinates (finite v) in every row, at least one")
+        self.denoiser, self.data_dim, self.dtype = denoiser, denoiser.data_dim, denoiser.dtype
+        self.cols = np.flatnonzero(constrained[0])  # K
+        self.m = backend.asarray(m[:, self.cols])  # m_K  (R, |K|)
+        self.v = backend.asarray(v[:, self.cols])  # v_K  (R, |K|)
+
+    def round_sigma(self, sigma: float) -> float:
+        return self.denoiser.round_sigma(sigma)
+
+    def __call__(self, y, sigma: float):
+        """D̃ (N, D) at y (N, D)."""
+        xp, (n, d), k = backend.xp, y.shape, self.cols.size
+        x0_hat = self.denoiser(y, sigma)  # D  (N, D)
+        basis = xp.asarray(np.eye(d)[self.cols], dtype=y.dtype)  # e_k for k in K  (|K|, D)
+        j_rows = self.denoiser.vjp(xp.repeat(y, k, axis=0), sigma, xp.tile(basis, (n, 1))).reshape(n, k, d)  # J_{K,:}
+        j_kk = j_rows[:, :, self.cols]  # J_KK[a, b] = ∂D_{k_a}/∂y_{k_b}  (N, |K|, |K|)
+        system = j_kk.transpose(0, 2, 1) + xp.eye(k) * (self.v / sigma ** 2)[:, None, :]  # J_KKᵀ + diag(v_K)/σ²
+        weights = xp.linalg.solve(system, (self.m - x0_hat[:, self.cols])[:, :, None])[:, :, 0]  # (N, |K|)
+        return x0_hat + xp.einsum("nk,nkd->nd", weights, j_rows)  # D + J_{K,:}ᵀ w
 
 
 def prior_std(sigma_max: float) -> float:
