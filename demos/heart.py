@@ -59,7 +59,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--emb-dim", "--emb", type=int, help=f"sinusoidal embedding size (default {DEFAULTS['emb_dim']})")
     p.add_argument("--ema", type=float,
                    help=f"EMA decay of the sampled weights, 0 for none (default {DEFAULTS['ema']})")
-    p.add_argument("--sampler", choices=["ancestral", "ddim"], help="reverse process (default ancestral)")
+    p.add_argument("--sampler", choices=sampling.SAMPLERS, help="reverse process (default ancestral)")
     p.add_argument("--ddim-steps", type=int, default=None, help="DDIM's number of steps (default T)")
     p.add_argument("--clip-x0", default="auto",
                    help="clip x0-hat to [-R, R] while sampling: a number R, 'none', or 'auto' (the data's range, "
