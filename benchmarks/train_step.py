@@ -19,8 +19,8 @@ One train step = draw t and ε (and drop labels), q_sample, forward, MSE loss, b
 mode, and the floor: the step's matrix products alone on preallocated operands. All run in one process,
 float32, after a warm-up, alternating in blocks of steps; the medians are printed with the ratio
 PyTorch/npdiff (> 1: npdiff is faster) and npdiff/floor. Threads: PyTorch, NumPy's BLAS and npdiff's
-blockwise updates (``primitives.set_threads``) all get ``--threads`` (default 2; NumPy's BLAS through
-threadpoolctl when it is installed, else its BLAS default, which is printed). Also printed: where the npdiff
+blockwise updates (``primitives.set_threads``; ``--block-threads`` sets them apart) all get ``--threads``
+(default 2; NumPy's BLAS through threadpoolctl when it is installed, else its BLAS default, which is printed). Also printed: where the npdiff
 step's time goes (``--parts``, on by default for the image configuration), sampling throughput (2-D:
 points × steps per second, ancestral, 1000 points; image: images per second, guided DDIM, 50 steps, w =
 0.25, 2N rows per step, PyTorch under no_grad) and the step's achieved matmul GFLOP/s beside the BLAS's own.
@@ -272,7 +272,7 @@ def run_config(name: str, cfg: dict, args, torch_side) -> dict:
     res["ratio"] = res["torch_ms"] / res["npdiff_ms"] if res["torch_ms"] else None
     res["npdiff_over_floor"] = res["npdiff_ms"] / res["floor_ms"]
     res["train_gflops"] = sum(2 * a * b * c for a, b, c in shapes) / medians["npdiff"] / 1e9
-    res["numpy_matmul_gflops"] = numpy_matmul_rate(shapes)
+    res["numpy_matmul_gflops"] = numpy_matmul_rate(shapes, max(5, min(200, int(0.5 / medians["floor"]))))
     if args.parts if args.parts is not None else cfg.get("parts", False):
         res["parts_ms"] = npdiff_parts(npd, batches["npdiff"], min(200, args.steps or cfg["steps"]))
     if "sample" in cfg:
@@ -343,6 +343,8 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--config", default="all", choices=["all", *CONFIGS])
     parser.add_argument("--steps", type=int, default=0, help="timed steps per library (default per config)")
     parser.add_argument("--threads", type=int, default=2, help="threads of PyTorch and of NumPy's BLAS")
+    parser.add_argument("--block-threads", type=int, default=0,
+                        help="threads of npdiff's blockwise updates (primitives.set_threads; default --threads)")
     parser.add_argument("--sample-points", type=int, default=1000, help="points per sampling run (2-D)")
     parser.add_argument("--sample-images", type=int, default=0, help="images per sampling run (image; default 64)")
     parser.add_argument("--parts", action=argparse.BooleanOptionalAction, default=None,
@@ -358,7 +360,8 @@ def main(argv=None) -> list[dict]:
     CLOCK[0] = time.thread_time if args.clock == "cpu" else time.perf_counter
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     torch_side = load_torch(args)
-    previous_threads = primitives.set_threads(args.threads)
+    args.block_threads = args.block_threads or args.threads
+    previous_threads = primitives.set_threads(args.block_threads)
     with contextlib.ExitStack() as stack:
         try:
             from threadpoolctl import threadpool_limits
@@ -370,7 +373,7 @@ def main(argv=None) -> list[dict]:
               f"{platform.python_version()}; numpy {np.__version__}; backend {backend.name}; BLAS: {blas_info()}")
         env = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS",
                                           "OMP_NUM_THREADS") if k in os.environ}
-        print(f"env: {env or 'no BLAS variables set'}; clock: {args.clock}; npdiff blockwise threads {args.threads}; "
+        print(f"env: {env or 'no BLAS variables set'}; clock: {args.clock}; npdiff blockwise threads {args.block_threads}; "
               f"uptime: {_uptime()}")
         if torch_side:
             torch = torch_side[0]

@@ -136,3 +136,20 @@ def test_train_step_benchmark_runs_and_writes_json(tmp_path):
     (result,) = json.loads(out.read_text())
     assert result["name"] == "seed-heart" and result["npdiff_ms"] > 0
     assert result["torch_ms"] is None and result["ratio"] is None
+
+
+def test_train_step_benchmark_times_the_image_step_by_part_and_its_sampling(tmp_path):
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
+    try:
+        import train_step
+    finally:
+        sys.path.pop(0)
+    out = tmp_path / "speed.json"
+    train_step.main(["--config", "image", "--steps", "3", "--no-torch", "--threads", "1", "--sample-images", "4",
+                     "--json", str(out)])
+    (result,) = json.loads(out.read_text())
+    parts = result["parts_ms"]
+    assert result["name"] == "image" and result["npdiff_ms"] > 0 and result["floor_ms"] > 0
+    assert {"matrix products", "optimizer (AdamW)", "EMA", "inputs and loss (the rest)"} <= set(parts)
+    assert sum(v for k, v in parts.items() if k != "step (sum)") == pytest.approx(parts["step (sum)"], rel=1e-9)
+    assert result["npdiff_images_per_s"] > 0 and result["sample_images"] == 4

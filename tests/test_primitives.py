@@ -130,7 +130,7 @@ def _adamw_and_ema_block(theta, g, m, v, shadow, scratch):
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("size", [1, 1000, primitives.BLOCK, 5 * primitives.BLOCK + 17])
+@pytest.mark.parametrize("size", [1, 1000, primitives.BLOCK, 5 * primitives.BLOCK + 17, 12 * primitives.BLOCK + 3])
 def test_blockwise_gives_the_whole_buffer_update_to_the_bit(size, dtype, threads):
     arrays = [data((size,), dtype, seed) for seed in range(5)]
     arrays[3] = arrays[3] ** 2  # v ≥ 0
@@ -148,7 +148,7 @@ def test_blockwise_gives_the_whole_buffer_update_to_the_bit(size, dtype, threads
 
 
 def test_blockwise_visits_every_entry_once_in_blocks_of_at_most_block():
-    size = 3 * primitives.BLOCK + 5
+    size = 9 * primitives.BLOCK + 5
     seen, counts = [], np.zeros(size)
 
     def visit(counter, scratch):
