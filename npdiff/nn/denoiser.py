@@ -184,7 +184,8 @@ class Denoiser(Module):
         self.blocks = Sequential(*blocks)
         self.norm = LayerNorm(hidden, dtype=dtype) if final_layernorm else None
         self.out = Linear(hidden, out_dim, rng, dtype)
-        # created last, so that a model without them draws the same initial weights as before they existed
+        # created last, so that they draw from the generator after every other layer: the same seed gives the
+        # same initial weights with or without labels and the input skip
         self.label_emb = LabelEmbedding(num_classes, hidden, rng, dtype) if num_classes is not None else None
         self.skip = Linear(data_dim, out_dim, rng, dtype) if input_skip else None
         flatten(self)
