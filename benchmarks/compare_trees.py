@@ -39,9 +39,10 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", str(threads))
 from threadpoolctl import threadpool_limits
 threadpool_limits(threads, user_api="blas")
 import numpy as np
-import npdiff
-assert os.path.dirname(os.path.dirname(os.path.abspath(npdiff.__file__))) == os.path.abspath(tree), npdiff.__file__
-try:
+# an editable install of npdiff maps npdiff.* to its own tree whatever sys.path says: only the path finder
+sys.meta_path = [f for f in sys.meta_path if "editable" not in (getattr(f, "__name__", "") or type(f).__name__).lower()
+                 and "editable" not in getattr(f, "__module__", "").lower()]
+if os.path.isdir(os.path.join(tree, "npdiff", "nn")):
     from npdiff.nn.denoiser import Denoiser
     from npdiff.nn.optim import EMA, AdamW
     from npdiff.processes import ddpm
@@ -50,12 +51,16 @@ try:
     from npdiff.nn import primitives
     if hasattr(primitives, "set_threads"):
         primitives.set_threads(threads)
-except ImportError:  # the flat layout
+else:  # the flat layout
     from npdiff.models import Denoiser
     from npdiff.optim import EMA, AdamW
     from npdiff import ddpm, train
     from npdiff.schedules import Schedule
 from npdiff import backend, data
+outside = [m.__file__ for name, m in list(sys.modules.items())
+           if name.split(".")[0] == "npdiff" and getattr(m, "__file__", None)
+           and not os.path.abspath(m.__file__).startswith(os.path.abspath(tree) + os.sep)]
+assert not outside, f"modules from outside {tree}: {outside}"
 cfg = json.loads(sys.argv[5])
 timer = time.thread_time if clock == "cpu" else time.perf_counter
 COMMON = dict(coord_scale=25.0, time_scale=1.0, activation="gelu", dtype="float32", seed=0)
