@@ -111,9 +111,15 @@ class TorchDDPM:
         self.ema_decay, self.ema_updates = ema, 0
         self.shadow = [p.detach().clone() for p in self.params] if ema is not None else None
 
-    def train_step(self, x0, y=None) -> float:
+    def train_step(self, x0, y=None, clock=None) -> float:
         """t ~ U{1..T}, ε ~ N(0, I), x_t = √ᾱ_t x0 + √(1−ᾱ_t) ε, loss = mean (target − f(x_t, t[, y]))², AdamW,
-        then θ̄ ← d θ̄ + (1 − d) θ with npdiff's warm-up d = min(decay, (1 + n)/(10 + n))."""
+        then θ̄ ← d θ̄ + (1 − d) θ with npdiff's warm-up d = min(decay, (1 + n)/(10 + n)).
+
+        clock: a timer (``time.thread_time``) to time the parts, kept in ``self.parts`` (seconds); None: not timed.
+        """
+        marks = [] if clock is not None else None
+        mark = (lambda: marks.append(clock())) if clock is not None else (lambda: None)
+        mark()
         n = x0.shape[0]
         t = torch.randint(1, self.T + 1, (n,), device=self.device)
         noise = torch.randn(x0.shape, device=self.device)
@@ -121,17 +127,26 @@ class TorchDDPM:
         if y is not None and self.label_dropout:
             y = torch.where(torch.rand(n, device=self.device) < self.label_dropout, self.model.label_emb.num_embeddings - 1, y)
         target = noise if self.prediction == "eps" else x0
+        mark()
         loss = nn.functional.mse_loss(self.model(x_t, t, y), target)
+        mark()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
+        mark()
         if self.clip is not None:
             nn.utils.clip_grad_norm_(self.params, self.clip)
+        mark()
         self.opt.step()
+        mark()
         if self.shadow is not None:
             decay = min(self.ema_decay, (1 + self.ema_updates) / (10 + self.ema_updates))
             with torch.no_grad():
                 torch._foreach_lerp_(self.shadow, self.params, 1 - decay)
             self.ema_updates += 1
+        mark()
+        if marks is not None:
+            names = ("inputs", "forward and loss", "backward", "‖g‖ and clipping", "optimizer (AdamW)", "EMA")
+            self.parts = dict(zip(names, (b - a for a, b in zip(marks, marks[1:]))))
         return loss
 
     @torch.no_grad()

@@ -237,6 +237,34 @@ def npdiff_parts(npd: NpdiffDDPM, batches: list, n_steps: int) -> dict:
     return parts
 
 
+def torch_parts(trt, batches: list, n_steps: int, torch) -> dict:
+    """Median ms per part of the PyTorch step (``TorchDDPM.train_step`` with a clock), with its products alone
+    (``torch.matmul`` on the same shapes, preallocated) timed in the same iteration."""
+    shapes = {"forward": [], "backward": []}
+    for j, lin in enumerate(m for m in trt.model.modules() if isinstance(m, torch.nn.Linear)):
+        h, i = lin.weight.shape
+        n = batches[0][0].shape[0]
+        shapes["forward"].append((n, i, h))
+        shapes["backward"] += [(i, n, h)] + ([(n, h, i)] if j else [])
+    ops = {k: [(torch.ones(m, k_), torch.ones(k_, n_), torch.empty(m, n_)) for m, k_, n_ in v] for k, v in shapes.items()}
+
+    def products(which):
+        for a, b, c in ops[which]:
+            torch.matmul(a, b, out=c)
+
+    rows = []
+    for k in range(n_steps + 10):
+        trt.train_step(*batches[k % len(batches)], clock=CLOCK[0])
+        row = dict(trt.parts)
+        for which in ops:
+            row[f"{which} products"] = timed(products, which)
+        if k >= 10:
+            rows.append(row)
+    med = {key: 1e3 * statistics.median(r[key] for r in rows) for key in rows[0]}
+    med["step (sum)"] = sum(v for k, v in med.items() if "products" not in k)
+    return med
+
+
 def run_config(name: str, cfg: dict, args, torch_side) -> dict:
     schedule = Schedule(cfg["T"], "linear")
     npd = NpdiffDDPM(cfg, schedule)
@@ -275,6 +303,8 @@ def run_config(name: str, cfg: dict, args, torch_side) -> dict:
     res["numpy_matmul_gflops"] = numpy_matmul_rate(shapes, max(5, min(200, int(0.5 / medians["floor"]))))
     if args.parts if args.parts is not None else cfg.get("parts", False):
         res["parts_ms"] = npdiff_parts(npd, batches["npdiff"], min(200, args.steps or cfg["steps"]))
+        if trt is not None:
+            res["torch_parts_ms"] = torch_parts(trt, batches["torch"], min(200, args.steps or cfg["steps"]), torch_side[0])
     if "sample" in cfg:
         res.update(sample_images(npd, trt, cfg, args, torch_side))
         return res
@@ -409,6 +439,8 @@ def report(r: dict) -> None:
         step = parts["step (sum)"]
         print("  npdiff step by part (medians, ms): " + "; ".join(
             f"{k} {v:.3f}" + ("" if k == "step (sum)" else f" ({100 * v / step:.0f} %)") for k, v in parts.items()))
+    if "torch_parts_ms" in r:
+        print("  PyTorch step by part (medians, ms): " + "; ".join(f"{k} {v:.3f}" for k, v in r["torch_parts_ms"].items()))
     if "npdiff_images_per_s" in r:
         print(f"  guided DDIM sampling ({r['sample_images']} images, images / s): npdiff {r['npdiff_images_per_s']:.3g}"
               + (f", PyTorch {r['torch_images_per_s']:.3g}" if "torch_images_per_s" in r else ""))
