@@ -15,7 +15,8 @@ both methods ("paper": r_t = r, Eq. 23; "replace": the forward-diffused observat
     over 8×8 cells of side s around y_obs, plus one cell for everything outside (posterior mass 1e-12).
 Each is printed beside its floor (the same figure for draws of the exact distribution) and the threshold
 that tests/test_demo_conditional.py holds the quick run to (an untrained model fails it). Writes
-conditional.png, results.json (and table.md with --table) into DIR, and prints DIR last.
+conditional.png, results.json (and table.md with --table) into DIR, and prints DIR last; a file already there is
+replaced only with --force.
 Uses only npdiff's public API.
 """
 
@@ -45,16 +46,12 @@ GAUSS_CASES = {"inpaint x1 = 1.2": dict(given=[1.2, np.nan]),
                "denoise s = 2": dict(observed=[1.2, -1.0], noise_std=2.0)}
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, no usage block
-        sys.exit(f"{self.prog}: error: {message}")
-
-
 def parse_args(argv=None) -> argparse.Namespace:
-    p = _Parser(prog="conditional.py", description=__doc__.split("\n")[0])
+    p = entry.DemoParser(prog="conditional.py", description=__doc__.split("\n")[0])
     p.add_argument("--out", default=os.path.join("out", "conditional"), help="output folder")
+    p.add_argument("--force", action="store_true", help="replace the outputs of an earlier run in --out")
     p.add_argument("--quick", action="store_true", help="800 training steps, 500 samples, coarser grids, for tests")
-    p.add_argument("--steps", type=int, help="training steps (default 3000; --quick 800; 0 = untrained)")
+    p.add_argument("--steps", type=int, help="training steps (default 3000; --quick 800)")
     p.add_argument("--n", type=int, help="conditional samples per method (default 2000; --quick 500)")
     p.add_argument("--a", type=float, default=0.5, help="the known coordinate x = a (default 0.5)")
     p.add_argument("--observed", type=float, nargs=2, default=[1.9, 0.0], metavar=("X", "Y"),
@@ -65,12 +62,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.steps = (800 if args.quick else 3000) if args.steps is None else args.steps
     args.n = (500 if args.quick else 2000) if args.n is None else args.n
-    if args.steps < 0 or args.n < 10:
-        p.error(f"--steps must be >= 0 and --n >= 10, got {args.steps} and {args.n}")
+    entry.check_demo_flags(args, counts=["steps"], positive=["noise_std"], error=p.error)
+    if args.n < 10:
+        p.error(f"--n must be >= 10, got {args.n}")
     if not all(math.isfinite(v) for v in (args.a, *args.observed)):
         p.error("--a and --observed must be finite numbers")
-    if not (math.isfinite(args.noise_std) and args.noise_std > 0):
-        p.error(f"--noise-std must be a finite number > 0, got {args.noise_std}")
     return args
 
 
@@ -262,8 +258,13 @@ def draw(path, x, inpaint_ref: dict, inpaint: dict, denoise_ref: dict, denoise: 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    outputs = ["table.md"] if args.table else ["conditional.png", "results.json"]
+    with entry.demo_outputs(args.out, outputs, force=args.force, command="demos/conditional.py"):
+        return run(args)
+
+
+def run(args) -> dict:
     print(threads.apply_policy())
-    entry.demo_out(args.out)  # a folder where a file can be written, before any work
     if args.table:
         rows = gaussian_table()
         text = table_md(rows)
@@ -274,11 +275,8 @@ def main(argv=None) -> dict:
     start = time.perf_counter()
     x = data.swissroll(8000, np.random.default_rng(args.seed), noise=ROLL_NOISE)
     diffusion = make_diffusion(args)
-    if args.steps:
-        history = diffusion.fit(x, args.steps, 512, 2e-2, seed=args.seed)
-        print(f"trained {args.steps} steps in {history.seconds:.1f} s, final loss {np.mean(history.loss[-100:]):.4f}")
-    else:
-        print("untrained model (--steps 0)")
+    history = diffusion.fit(x, args.steps, 512, 2e-2, seed=args.seed)
+    print(f"trained {args.steps} steps in {history.seconds:.1f} s, final loss {np.mean(history.loss[-100:]):.4f}")
     results = {"steps": args.steps, "n": args.n}
     rng = backend.default_rng(args.seed + 1)
     inpaint_ref = inpaint_reference(args.a, 401 if args.quick else 4001)

@@ -7,7 +7,7 @@ Data x_0 ~ N(0, Σ_0) with a correlated, anisotropic Σ_0. ``Schedule.q_sample``
 the largest entrywise difference beside its standard error (Var of a sample covariance entry is
 (Σ_ii Σ_jj + Σ_ij²)/n for Gaussian data). Writes covariance.png: the samples at each t with the
 closed-form 2σ ellipse, which turns from the data's tilted ellipse into the unit circle of N(0, I).
-The output folder is printed last.
+The output folder is printed last; a covariance.png already there is replaced only with --force.
 """
 
 from __future__ import annotations
@@ -23,18 +23,21 @@ from npdiff.io import fileio, threads
 from npdiff.processes.schedules import Schedule
 
 SIGMA_0 = np.array([[2.0, 1.2], [1.2, 1.0]])  # tilted, elongated: correlation 0.85
+OUTPUTS = ("covariance.png",)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = entry.DemoParser(prog="covariance.py", description=__doc__.split("\n")[0])
     p.add_argument("--T", type=int, default=1000, help="diffusion steps of the linear schedule (default 1000)")
-    p.add_argument("--n", type=int, default=200_000, help="samples per timestep (default 200000)")
+    p.add_argument("--n", type=int, help="samples per timestep (default 200000; --quick 20000)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=os.path.join("out", "covariance"), help="output folder")
-    p.add_argument("--quick", action="store_true", help="20,000 samples per timestep")
+    p.add_argument("--force", action="store_true", help="replace the covariance.png of an earlier run in --out")
+    p.add_argument("--quick", action="store_true", help="20,000 samples per timestep (unless --n is given)")
     args = p.parse_args(argv)
-    if args.quick:
-        args.n = 20_000
+    if args.n is None:
+        args.n = 20_000 if args.quick else 200_000
+    entry.check_demo_flags(args, counts=["T"], error=p.error)
     if args.n < 2:
         p.error(f"--n must be at least 2, got {args.n}")
     return args
@@ -48,8 +51,12 @@ def sigma_t(schedule: Schedule, t: int) -> np.ndarray:
 
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
+    with entry.demo_outputs(args.out, OUTPUTS, force=args.force, command="demos/covariance.py"):
+        return run(args)
+
+
+def run(args) -> list[dict]:
     print(threads.apply_policy())  # one BLAS thread unless you set OPENBLAS_NUM_THREADS (docs/command-line.md)
-    entry.demo_out(args.out)  # a folder where a file can be written, before any work
     rng = np.random.default_rng(args.seed)
     schedule = Schedule(args.T, "linear")
     print(schedule.summary(float(np.trace(SIGMA_0) / 2)))  # mean per-dimension variance

@@ -3,8 +3,9 @@
 npdiff's heart demo (demos/heart.py) written out plainly, with nothing but NumPy: the linear β schedule, the
 sinusoidal embeddings, the MLP with its hand-written backward pass, AdamW, then Algorithm 1 (training) and
 Algorithm 2 (sampling) of Ho et al. 2020, "Denoising Diffusion Probabilistic Models". ``python
-demos/ddpm_numpy.py [--steps N] [--out DIR] [--quick] [--seed S]`` writes heart.png (the data beside the
-samples) into DIR. tests/test_demo_ddpm_numpy.py proves each piece equal to npdiff's.
+demos/ddpm_numpy.py [--steps N] [--out DIR] [--quick] [--seed S] [--force]`` writes heart.png (the data
+beside the samples) into DIR; an earlier heart.png is replaced only with --force. tests/test_demo_ddpm_numpy.py
+proves each piece equal to npdiff's.
 
 Shape glossary: N batch, D = 2 data dims, E embedding size, F = E/2 frequencies, H hidden width, T diffusion
 steps. The schedule's arrays have length T + 1 and are indexed by the paper's t (entry 0 is t = 0).
@@ -13,6 +14,7 @@ steps. The schedule's arrays have length T + 1 and are indexed by the paper's t 
 import argparse
 import math
 import os
+import tempfile
 import time
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before NumPy loads: a 2nd BLAS thread spins, 10x slower here
@@ -222,24 +224,40 @@ def main(argv=None) -> None:
     parser.add_argument("--out", default=os.path.join("out", "ddpm_numpy"), help="output folder")
     parser.add_argument("--quick", action="store_true", help="a short run, for the tests")
     parser.add_argument("--seed", type=int, default=0, help="seed of every random draw")
+    parser.add_argument("--force", action="store_true", help="replace the heart.png of an earlier run in --out")
+    parser.error = lambda message: parser.exit(2, f"{parser.prog}: error: {message}\n")  # one line, status 2
     args = parser.parse_args(argv)
     steps = args.steps if args.steps is not None else QUICK_STEPS if args.quick else STEPS
+    if steps < 1:  # every flag and the output folder are checked before any work
+        parser.error(f"--steps must be >= 1, got {steps}")
+    figure = os.path.join(args.out, "heart.png")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        parser.error(f"--out {args.out!r} is a file; name a folder")
+    if os.path.lexists(figure) and not args.force:
+        parser.error(f"--out {args.out!r} holds heart.png already; pass --force to replace it or choose another --out")
+    try:
+        os.makedirs(args.out, exist_ok=True)
+        tempfile.TemporaryFile(dir=args.out).close()  # a file can be written there
+    except OSError as err:
+        parser.error(f"--out {args.out!r}: cannot write there: {err.strerror or err}")
     start = time.perf_counter()
     rng = np.random.default_rng(args.seed)
     x = heart(rng.uniform(0.0, 2 * math.pi, 8000)).astype(np.float32)  # the training set    (8000, 2)
     params = init_params(args.seed, "float32")  # float32 for speed; the test checks every piece in float64
     losses = train(params, x, steps, rng)
+    if not np.all(np.isfinite(losses)):  # stop with one line (exit status 1) rather than draw NaN hearts
+        raise SystemExit(f"ddpm_numpy.py: error: non-finite loss at step {int(np.argmin(np.isfinite(losses))) + 1}; "
+                         "nothing was written")
     samples = sample(params, 2000, rng)  # (2000, 2)
     cd = chamfer(samples, heart(np.linspace(0.0, 2 * math.pi, 20_000, endpoint=False)))
     print(f"Chamfer distance to the true curve: {cd:.4f} ({steps} steps, final loss {np.mean(losses[-100:]):.4f})")
 
     import matplotlib.pyplot as plt  # only the figure needs it
-    os.makedirs(args.out, exist_ok=True)
     fig, axes = plt.subplots(1, 2, figsize=(7.2, 3.6))
     for ax, (title, pts) in zip(axes, {"training data": x[:2000], f"samples (Chamfer {cd:.4f})": samples}.items()):
         ax.scatter(pts[:, 0], pts[:, 1], s=2, alpha=0.5, linewidths=0)
         ax.set(title=title, xlim=(-5, 5), ylim=(-5, 5), aspect="equal")
-    fig.savefig(os.path.join(args.out, "heart.png"), dpi=100)
+    fig.savefig(figure, dpi=100)
     plt.close(fig)
     print(f"elapsed {time.perf_counter() - start:.1f} s")
     print(os.path.abspath(args.out))

@@ -21,8 +21,9 @@ output width its ``check_model`` accepts. An objective whose loss stops a gradie
 as ``loss(…, frozen_eps=…)`` (``HybridObjective``: ε_θ inside L_vlb), set here to its current value.
 
 Each row: shape, relative error ‖a − n‖/(‖a‖ + ‖n‖), and the norms of the analytic and numeric gradients.
-The report is also written to DIR/gradcheck.txt. Exit code 1 if any relative error reaches the threshold
-(1e-6), or if ``loss_and_backward`` and ``loss`` disagree on the loss itself.
+The report is also written to DIR/gradcheck.txt (an earlier one is replaced only with --force). Exit code 1 if
+any relative error reaches the threshold (1e-6), or if ``loss_and_backward`` and ``loss`` disagree on the loss
+itself; 2 for a flag, an objective or an --out that cannot work, in one line.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import time
 
 import numpy as np
 
+from npdiff.cli import entry
 from npdiff.diffusion import OBJECTIVES, Diffusion
 from npdiff.io import fileio, threads
 from npdiff.nn import gradcheck
@@ -57,7 +59,7 @@ def objective_spec(text: str) -> str:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = entry.DemoParser(prog="gradcheck.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--dim", type=int, default=2, help="data dimensions D (default 2)")
     p.add_argument("--hidden", type=int, default=16, help="hidden width H (default 16)")
     p.add_argument("--n-blocks", "--blocks", type=int, default=2, help="residual blocks (default 2)")
@@ -77,7 +79,14 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="tiny sizes (hidden 8, 1 block) for tests")
     p.add_argument("--out", default=os.path.join("out", "gradcheck"), help="output folder (default out/gradcheck)")
+    p.add_argument("--force", action="store_true", help="replace the gradcheck.txt of an earlier run in --out")
     args = p.parse_args(argv)
+    entry.check_demo_flags(args, counts=["dim", "hidden", "T", "batch_size", "num_classes"], positive=["min_snr_gamma"],
+                           error=p.error)
+    if args.n_blocks < 0:
+        p.error(f"--n-blocks must be >= 0, got {args.n_blocks}")
+    if args.emb_dim < 4 or args.emb_dim % 2:
+        p.error(f"--emb-dim must be even and >= 4, got {args.emb_dim}")
     if args.objective is None and (args.prediction != "eps" or args.min_snr_gamma is not None
                                    or args.num_classes is not None):
         p.error("--prediction, --min-snr-gamma and --num-classes need --objective")
@@ -145,6 +154,11 @@ def check_objective(model, objective, args, rng):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    with entry.demo_outputs(args.out, ["gradcheck.txt"], force=args.force, command="demos/gradcheck.py"):
+        return run(args, sys.argv[1:] if argv is None else argv)
+
+
+def run(args, argv) -> int:
     print(threads.apply_policy())  # one BLAS thread unless you set OPENBLAS_NUM_THREADS (docs/command-line.md)
     if args.quick:
         args.hidden, args.n_blocks, args.emb_dim, args.batch_size = 8, 1, 4, 2
@@ -191,12 +205,11 @@ def main(argv=None) -> int:
     print(text)
     print(f"({elapsed:.1f} s)")
 
-    os.makedirs(args.out, exist_ok=True)
-    command = " ".join(["python", "demos/gradcheck.py", *(sys.argv[1:] if argv is None else argv)])
+    command = " ".join(["python", "demos/gradcheck.py", *argv])
     fileio.write_text(os.path.join(args.out, "gradcheck.txt"), f"{command}\n{text}\n")  # written atomically
     print(f"outputs in {os.path.abspath(args.out)}")
     return 0 if ok else 1
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry.run_demo(main, sys.argv[1:]))  # every failure: one line, status 1 or 2 (npdiff.cli.entry)

@@ -18,15 +18,15 @@ Figures of merit, per w:
   * radius: their mean distance to the origin over the data's (the ring's).
 The test (tests/test_demo_guidance.py) holds the quick run to THRESHOLDS; an untrained model stays near chance.
 Writes guidance.png (the data, the samples per label at --w, the unconditional samples, the curves against
-w), guidance_sweep.png (a panel per w, learned and exact), table.md and results.json into DIR, prints DIR last.
-Uses only npdiff's public API.
+w), guidance_sweep.png (a panel per w, learned and exact), table.md and results.json into DIR, prints DIR last; a
+file already there is replaced only with --force. Every w lies in npdiff.diffusion.GUIDANCE_RANGE, the command
+line's range. Uses only npdiff's public API.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -36,6 +36,7 @@ import numpy as np
 
 from npdiff import Diffusion, EpsilonChain, backend, data
 from npdiff.cli import entry
+from npdiff.diffusion import GUIDANCE_RANGE
 from npdiff.io import fileio, threads
 from npdiff.processes import sampling
 
@@ -45,34 +46,28 @@ DDIM_STEPS = 50
 # quick run ≈ 0.9 at w = 0 and ≈ 0.99 at w = 1 (full run ≈ 0.9 and 1.0); untrained ≈ 0.12 (chance)
 THRESHOLDS = {"accuracy_w0": 0.7, "accuracy_w1": 0.95, "untrained": 0.3}
 SOURCES = ("model", "model DDIM", "exact", "exact DDIM")  # learned / exact ε, ancestral / DDIM
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, no usage block
-        sys.exit(f"{self.prog}: error: {message}")
+OUTPUTS = ("guidance.png", "guidance_sweep.png", "table.md", "results.json")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = _Parser(prog="guidance.py", description=__doc__.split("\n")[0])
+    p = entry.DemoParser(prog="guidance.py", description=__doc__.split("\n")[0])
     p.add_argument("--out", default=os.path.join("out", "guidance"), help="output folder")
+    p.add_argument("--force", action="store_true", help="replace the outputs of an earlier run in --out")
     p.add_argument("--quick", action="store_true", help="800 training steps, 400 samples per w, for tests")
-    p.add_argument("--steps", type=int, help="training steps (default 3000; --quick 800; 0 = untrained)")
+    p.add_argument("--steps", type=int, help="training steps (default 3000; --quick 800)")
     p.add_argument("--n", type=int, help="samples per w, every label in turn (default 2000; --quick 400)")
     p.add_argument("--guidance", type=float, nargs="+", default=list(SWEEP), metavar="W",
-                   help="the guidance scales w of the sweep (default 0 0.5 1 2 4)")
+                   help=f"the guidance scales w of the sweep, each in [{GUIDANCE_RANGE[0]:g}, {GUIDANCE_RANGE[1]:g}] "
+                        "(default 0 0.5 1 2 4)")
     p.add_argument("--w", type=float, default=1.0, help="the w of the samples-per-label panel (default 1)")
     p.add_argument("--std", type=float, default=0.7, help="each component's std (default 0.7; FFJORD's is 0.354)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     args.steps = (800 if args.quick else 3000) if args.steps is None else args.steps
     args.n = (400 if args.quick else 2000) if args.n is None else args.n
-    if args.steps < 0 or args.n < K:
-        p.error(f"--steps must be >= 0 and --n >= {K}, got {args.steps} and {args.n}")
-    for w in (*args.guidance, args.w):
-        if not (math.isfinite(w) and w >= -1):
-            p.error(f"guidance scales must be finite numbers >= -1 (w = -1 is the unconditional model), got {w}")
-    if not (math.isfinite(args.std) and args.std > 0):
-        p.error(f"--std must be a finite number > 0, got {args.std}")
+    entry.check_demo_flags(args, counts=["steps"], positive=["std"], guidance=["guidance", "w"], error=p.error)
+    if args.n < K:
+        p.error(f"--n must be >= {K} (every label in turn), got {args.n}")
     return args
 
 
@@ -247,8 +242,12 @@ def draw_sweep(path, x, samples: dict, figures: dict, ws) -> None:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    with entry.demo_outputs(args.out, OUTPUTS, force=args.force, command="demos/guidance.py"):
+        return run(args)
+
+
+def run(args) -> dict:
     print(threads.apply_policy())
-    entry.demo_out(args.out)  # a folder where a file can be written, before any work
     start = time.perf_counter()
     x, y = data.eight_gaussians_labelled(8000, np.random.default_rng(args.seed), std=args.std)
     centres = data.eight_gaussians_centres()
@@ -256,11 +255,8 @@ def main(argv=None) -> dict:
     print(f"data: std {args.std:g}, accuracy of the Bayes classifier on the data's own labels "
           f"{refs['labelled']['accuracy']:.3f} (chance {1 / K:.3f})")
     diffusion = make_diffusion(args)
-    if args.steps:
-        history = diffusion.fit(x, args.steps, 512, 2e-2, labels=y, seed=args.seed)
-        print(f"trained {args.steps} steps in {history.seconds:.1f} s, final loss {np.mean(history.loss[-100:]):.4f}")
-    else:
-        print("untrained model (--steps 0)")
+    history = diffusion.fit(x, args.steps, 512, 2e-2, labels=y, seed=args.seed)
+    print(f"trained {args.steps} steps in {history.seconds:.1f} s, final loss {np.mean(history.loss[-100:]):.4f}")
     exact = MixtureEpsilon(diffusion.schedule, centres, args.std)
     ws = sorted(set(args.guidance))
     tic = time.perf_counter()

@@ -4,14 +4,18 @@
 
 Writes into DIR (default ./out/heart, printed at the end): samples.npy (2000 samples), heart.png (the
 training data beside the samples), loss.png, heart.gif (the forward then the reverse process) and
-checkpoint.npz. Prints the schedule's ᾱ_T and prior mismatch, the Chamfer distance of the samples to a
-dense 20,000-point sampling of the true curve beside the same figure for 2000 fresh true points (the
-floor, the best a perfect model could score), and the time of each stage.
+checkpoint.npz; a file already there is replaced only with --force, and a second run on DIR is refused while
+this one holds it (``npdiff.cli.entry.demo_outputs``). Prints the schedule's ᾱ_T and prior mismatch, the
+Chamfer distance of the samples to a dense 20,000-point sampling of the true curve beside the same figure for
+2000 fresh true points (the floor, the best a perfect model could score), and the time of each stage. A bad
+flag is one line and exit status 2, a failure (a non-finite loss or sample, a failed write) one line and 1.
 
 The file is a notebook in `# %%` cells: VS Code runs them one by one, and `jupytext --to notebook` makes an
 .ipynb of it. The training cell is Ho et al.'s Algorithm 1 and the sampling cell their Algorithm 2, each
 line a library call that names its formula. Each cell runs when the file runs (as a script or a notebook);
-importing it, as the tests do, only defines the helpers of the first cell.
+importing it, as the tests do, only defines the helpers of the first cell. Run from a shell, the first cell
+hands the rest to ``main`` inside ``entry.run_demo`` (flags and output folder checked first, every failure
+one line); a notebook runs the cells as they are.
 """
 
 # %%
@@ -38,12 +42,14 @@ DEFAULTS = dict(steps=3000, batch_size=512, lr=2e-2, T=200, schedule="linear", v
 QUICK = dict(steps=800)
 CLIP = 1.0  # the gradient's norm is clipped to this, as ``Diffusion.fit`` does by default
 N_SAMPLES, N_CURVE, GIF_FRAMES = 2000, 20_000, 20
+OUTPUTS = ("samples.npy", "heart.png", "loss.png", "heart.gif", "checkpoint.npz")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Turn noise into a heart: train a DDPM on the seed tutorial's heart "
-                                            "curve, sample, score, and draw.")
+    p = entry.DemoParser(prog="heart.py", description="Turn noise into a heart: train a DDPM on the seed tutorial's "
+                                                       "heart curve, sample, score, and draw.")
     p.add_argument("--out", default=os.path.join("out", "heart"), help="output folder (default ./out/heart)")
+    p.add_argument("--force", action="store_true", help="replace the outputs of an earlier run in --out")
     p.add_argument("--quick", action="store_true", help=f"a short run ({QUICK['steps']} steps) for tests")
     p.add_argument("--steps", type=int, help=f"training steps (default {DEFAULTS['steps']})")
     p.add_argument("--batch-size", "--batch", type=int, help=f"examples per step (default {DEFAULTS['batch_size']})")
@@ -115,13 +121,21 @@ def clip_range(arg: str, schedule, sampler: str, x):
 
 
 def main(argv=None) -> dict:
-    """Run the cells below as ``python demos/heart.py ARGV`` does; returns the figures they measured."""
-    own_argv = sys.argv
-    sys.argv = [__file__, *map(str, argv or [])]
-    try:
-        return runpy.run_path(__file__, run_name="__main__")["result"]
-    finally:
-        sys.argv = own_argv
+    """Run the cells below as ``python demos/heart.py ARGV`` does, with --out checked and held for the run
+    (``entry.demo_outputs``); returns the figures they measured."""
+    argv = [str(a) for a in argv or []]
+    args = parse_args(argv)  # the flags the cells will read, checked before any of them runs
+    with entry.demo_outputs(args.out, OUTPUTS, force=args.force, command="demos/heart.py"):
+        own_argv = sys.argv
+        sys.argv = [__file__, *argv]
+        try:
+            return runpy.run_path(__file__, {"_RUN_BY_MAIN": True}, run_name="__main__")["result"]
+        finally:
+            sys.argv = own_argv
+
+
+if __name__ == "__main__" and sys.argv[0].endswith("heart.py") and not globals().get("_RUN_BY_MAIN"):
+    sys.exit(entry.run_demo(main, sys.argv[1:]))  # from a shell: every failure one line, status 1 or 2
 
 
 # %% [markdown]
@@ -206,6 +220,8 @@ if __name__ == "__main__":
     if ema is not None:
         ema.swap()
     samples = backend.to_numpy(x).astype(np.float64)  # (2000, 2)
+    if not np.isfinite(samples).all():
+        raise FloatingPointError("sampling produced non-finite values; nothing was written")
     t_sample = time.perf_counter() - t0
     fileio.save_array(os.path.join(args.out, "samples.npy"), samples)  # every output is written atomically
 

@@ -28,14 +28,14 @@ the same posterior has √2 times its expected RMSE (docs/conditioning.md, "Imag
 
 Writes into DIR (default ./out/inpainting): inpainting.png (observed / completed / original per task, the
 missing pixels of the observation tinted blue), results.json (the table), completions.npz (originals,
-labels, conditions and every completion, vectors on [−1, 1]).
+labels, conditions and every completion, vectors on [−1, 1]); a file already there is replaced only with --force,
+and DIR is locked for the run.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shutil
 import sys
@@ -58,20 +58,17 @@ FILL = -1.0  # the missing pixels of a masked image: black, the background of Fa
 RIDGE = 1e-2  # added to Σ_KK of the given pixels: constant border pixels make it singular (1e-5..1e-1 within 6 %)
 SHOWN = 8  # images per task in the figure
 TINT = np.array([50, 90, 170], dtype=np.uint8)  # missing pixels of the observation in the figure
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, no usage block
-        sys.exit(f"{self.prog}: error: {message}")
+OUTPUTS = ("inpainting.png", "completions.npz", "results.json")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = _Parser(prog="inpainting.py", description=__doc__.split("\n")[0])
+    p = entry.DemoParser(prog="inpainting.py", description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", default=os.path.join("out", "mnist", "checkpoint.npz"),
                    help="a Diffusion checkpoint of an image model (default out/mnist/checkpoint.npz)")
     p.add_argument("--data", default=idx.FASHION_MNIST_DIR,
                    help=f"MNIST-format folder (default {idx.FASHION_MNIST_DIR})")
     p.add_argument("--out", default=os.path.join("out", "inpainting"), help="output folder (default ./out/inpainting)")
+    p.add_argument("--force", action="store_true", help="replace the outputs of an earlier run in --out")
     p.add_argument("--n", type=int, help=f"held-out images per task (default {DEFAULTS['n']}; --quick {QUICK['n']})")
     p.add_argument("--methods", nargs="+", choices=conditioning.METHODS,
                    help=f"r_t along the chain, one conditioned chain each (default {' '.join(DEFAULTS['methods'])})")
@@ -85,13 +82,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     for key, value in {**DEFAULTS, **(QUICK if args.quick else {})}.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    if args.n < 1:
-        p.error(f"--n must be >= 1, got {args.n}")
-    if not (math.isfinite(args.noise_std) and args.noise_std > 0):
-        p.error(f"--noise-std must be a finite number > 0, got {args.noise_std}")
-    entry.check_demo_flags(args, error=p.error, guidance=["guidance"])  # the library's range, as on the command line
-    if args.square < 1:
-        p.error(f"--square must be >= 1, got {args.square}")
+    entry.check_demo_flags(args, counts=["n", "square"], positive=["noise_std"], guidance=["guidance"],
+                           error=p.error)  # the library's guidance range, as on the command line
     args.methods = list(dict.fromkeys(args.methods))
     return args
 
@@ -281,10 +273,15 @@ def load_model(path) -> Diffusion:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    with entry.demo_outputs(args.out, OUTPUTS, force=args.force, command="demos/inpainting.py",
+                            inputs=[("--checkpoint", args.checkpoint)]):
+        return run(args)
+
+
+def run(args) -> dict:
     print(threads.apply_policy())
     start = time.perf_counter()
     diffusion = load_model(args.checkpoint)
-    entry.demo_out(args.out)  # a folder where a file can be written, before any work
     cached = os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), CACHE_NAME)
     if os.path.isfile(cached) and not os.path.exists(os.path.join(args.out, CACHE_NAME)):
         shutil.copyfile(cached, os.path.join(args.out, CACHE_NAME))  # the mnist demo's judge; retrained if it differs

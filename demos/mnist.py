@@ -20,7 +20,8 @@ real images (the floor), a Gaussian fitted to the training pixels, one Gaussian 
 Writes into DIR (default ./out/mnist): classes.png (one row per class), guidance.png (the guidance
 sweep with its figures), forming.gif (five images per class forming from noise), samples.npy and labels.npy
 (the samples at the chosen w, vectors on [−1, 1], and their classes), quality.json, loss.png,
-checkpoint.npz (``Diffusion.load`` reads it) and classifier.npz (the judge).
+checkpoint.npz (``Diffusion.load`` reads it) and classifier.npz (the judge, reused by a later run). An output
+already there is replaced only with --force; DIR is locked for the run.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import numpy as np
 
 from npdiff import Diffusion
 from npdiff.cli import entry
+from npdiff.cli.args import UsageError
 from npdiff.images import idx, image_viz
 from npdiff.io import fileio, threads, viz
 from npdiff.images.quality import ImageJudge, format_table
@@ -48,15 +50,18 @@ QUICK = dict(steps=40, batch_size=32, T=50, hidden=64, n_blocks=1, emb_dim=16, e
              ddim_steps=10, n_train=512, n_samples=20)
 QUICK_JUDGE = dict(hidden=(32, 8), epochs=2)  # a judge the tiny test data can train
 MNIST_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "npdiff", "mnist")
+OUTPUTS = ("checkpoint.npz", "samples.npy", "labels.npy", "classes.png", "guidance.png", "forming.gif", "loss.png",
+           "quality.json")  # and the judge's cache, reused where it matches (npdiff.images.quality)
 FORMING = 5  # the GIF shows FORMING images per class, one row per class, every 5th state of the chain (≈ 1 MB)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = entry.DemoParser(prog="mnist.py", description=__doc__.split("\n")[0])
     p.add_argument("--data", help=f"folder with the IDX files (default {idx.FASHION_MNIST_DIR}; "
                                   f"with --download, {MNIST_CACHE})")
     p.add_argument("--download", action="store_true", help=f"fetch missing MNIST files from {idx.MNIST_URL}")
     p.add_argument("--out", default=os.path.join("out", "mnist"), help="output folder (default ./out/mnist)")
+    p.add_argument("--force", action="store_true", help="replace the outputs of an earlier run in --out")
     p.add_argument("--quick", action="store_true",
                    help=f"a tiny smoke run ({QUICK['n_train']} images, {QUICK['steps']} steps, small model and judge)")
     p.add_argument("--steps", type=int, help=f"training steps (default {DEFAULTS['steps']})")
@@ -84,7 +89,7 @@ def parse_args(argv=None) -> argparse.Namespace:
             setattr(args, key, value)
     entry.check_demo_flags(args, counts=["steps", "batch_size", "T", "hidden", "emb_dim", "ddim_steps", "n_samples",
                                          "n_train"], positive=["lr"], fractions=["ema", "label_dropout"],
-                           guidance=["guidance", "sweep"])  # before any work, the command line's ranges
+                           guidance=["guidance", "sweep"], error=p.error)  # before any work, the command line's ranges
     args.sweep = sorted({*args.sweep, args.guidance})
     return args
 
@@ -96,10 +101,11 @@ def load(args):
         images, labels = idx.load_mnist(root, "train", download=args.download)
         idx.load_mnist(root, "test", download=args.download)  # the judge's held-out images
     except idx.DownloadError as err:
-        sys.exit(f"{err}\n--download needs internet access. Offline, pass --data DIR with the four IDX files, "
-                 f"e.g. Fashion-MNIST from Debian's dataset-fashion-mnist ({idx.FASHION_MNIST_DIR}).")
+        raise UsageError(f"{err}; --download needs internet access. Offline, pass --data DIR with the four IDX "
+                         f"files, e.g. Fashion-MNIST from Debian's dataset-fashion-mnist ({idx.FASHION_MNIST_DIR})") \
+            from None
     except FileNotFoundError as err:
-        sys.exit(f"{err}\n(--data DIR names the folder; --download fetches MNIST.)")
+        raise UsageError(f"{err} (--data DIR names the folder; --download fetches MNIST)") from None
     return images, labels.astype(np.int64), root
 
 
@@ -131,6 +137,11 @@ def sweep_png(path, by_w: dict, rows: dict, shape, per_class: int = 6) -> str:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    with entry.demo_outputs(args.out, OUTPUTS, force=args.force, command="demos/mnist.py"):
+        return run(args)
+
+
+def run(args) -> dict:
     # every core unless you set OPENBLAS_NUM_THREADS: the image model's products are large enough to split
     print(threads.apply_policy(os.cpu_count() or 1))
     start = time.perf_counter()
@@ -141,7 +152,6 @@ def main(argv=None) -> dict:
     shape, x = images.shape[1:], idx.images_to_vectors(images)  # (M, D) float32 in [−1, 1]
     names = idx.class_names(root, int(labels.max()) + 1)
     print(f"data: {len(x)} training images of {shape[0]}×{shape[1]} in {len(names)} classes from {root}")
-    entry.demo_out(args.out)  # a folder where a file can be written, before any work
     args.batch_size = min(args.batch_size, len(x))
 
     t0 = time.perf_counter()

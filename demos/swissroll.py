@@ -8,9 +8,9 @@ Data: the FFJORD Swiss roll (``npdiff.data.swissroll``): t = 1.5π(1 + 2u), u ~ 
 Chain: T = 40, β_t = 1/(T − t + 1) (β_T capped at 0.999), the released code's kernel parameterisation
 (``npdiff.processes.sohl_dickstein``), trained on the unbiased Monte-Carlo estimate of −K.
 
-Outputs in DIR: figure1.png (row 1: forward trajectory q at t = 0, T/2, T; row 2: the learned reverse
-trajectory p at t = T, T/2, 0; row 3: the learned drift μ_θ(x_t, t) − x_t at t = T, T/2, 2, as arrows in
-units of √β_t over the data),
+Outputs in DIR (a file already there is replaced only with --force; DIR is locked for the run): figure1.png
+(row 1: forward trajectory q at t = 0, T/2, T; row 2: the learned reverse trajectory p at t = T, T/2, 0; row 3:
+the learned drift μ_θ(x_t, t) − x_t at t = T, T/2, 2, as arrows in units of √β_t over the data),
 samples.npy (data coordinates), results.json. Printed: K (Eq. 14) and K − L_null in bits per point with
 standard errors, beside the best possible values (from the data's entropy, computed from its exact
 density). The paper reports K − L_null = 6.45 bits on its (unspecified) roll. The output folder is printed last.
@@ -18,7 +18,6 @@ density). The paper reports K − L_null = 6.45 bits on its (unspecified) roll. 
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -39,30 +38,41 @@ LN2 = math.log(2.0)
 # ± 0.011 nats (log p has std 0.78 nats) in a few seconds, where 100,000 took 72 s on a busy machine for a
 # precision the comparison does not need (K is 1.3 bits below the best value; K's own SE is 0.009 bits).
 ENTROPY_POINTS = 5000
+DEFAULTS = dict(T=40, steps=10000, batch_size=256, lr=1e-3, hidden=128, n_blocks=3, emb_dim=128, eval_points=20000,
+                entropy_points=ENTROPY_POINTS)
+# 3 s; K − L_null ≈ 0.5 bits, where the untrained (zero-output) chain scores 0 ± 0.03. A flag given wins.
+QUICK = dict(steps=1500, lr=3e-3, hidden=32, n_blocks=1, emb_dim=16, eval_points=2000, entropy_points=500)
+OUTPUTS = ("samples.npy", "figure1.png", "results.json")
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--T", type=int, default=40)
-    p.add_argument("--steps", type=int, default=10000)
-    p.add_argument("--batch-size", "--batch", type=int, default=256)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--hidden", type=int, default=128)
-    p.add_argument("--n-blocks", "--blocks", type=int, default=3)
-    p.add_argument("--emb-dim", type=int, default=128, help="sinusoidal embedding size of x and t")
+    p = entry.DemoParser(prog="swissroll.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--T", type=int, help=f"steps of the chain (default {DEFAULTS['T']})")
+    p.add_argument("--steps", type=int,
+                   help=f"training steps (default {DEFAULTS['steps']}; --quick {QUICK['steps']})")
+    p.add_argument("--batch-size", "--batch", type=int, help=f"default {DEFAULTS['batch_size']}")
+    p.add_argument("--lr", type=float, help=f"peak Adam learning rate (default {DEFAULTS['lr']}; --quick {QUICK['lr']})")
+    p.add_argument("--hidden", type=int, help=f"default {DEFAULTS['hidden']}; --quick {QUICK['hidden']}")
+    p.add_argument("--n-blocks", "--blocks", type=int,
+                   help=f"default {DEFAULTS['n_blocks']}; --quick {QUICK['n_blocks']}")
+    p.add_argument("--emb-dim", type=int, help=f"sinusoidal embedding size of x and t (default {DEFAULTS['emb_dim']})")
     p.add_argument("--noise", type=float, default=0.5, help="the roll's noise before the /5 scaling")
-    p.add_argument("--eval-points", type=int, default=20000)
-    p.add_argument("--entropy-points", type=int, default=None,
+    p.add_argument("--eval-points", type=int, help=f"default {DEFAULTS['eval_points']}; --quick {QUICK['eval_points']}")
+    p.add_argument("--entropy-points", type=int,
                    help=f"points of the Monte-Carlo reference entropy (default {ENTROPY_POINTS}: ± 0.011 nats in "
                         "about 3 s, 80× finer than the chain's 1.3-bit gap to it; --quick: 500)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quick", action="store_true", help="tiny run for tests (seconds)")
+    p.add_argument("--quick", action="store_true", help="tiny run for tests (seconds); a flag given wins over it")
     p.add_argument("--out", default=os.path.join("out", "swissroll"))
+    p.add_argument("--force", action="store_true", help="replace the outputs of an earlier run in --out")
     args = p.parse_args(argv)
-    if args.entropy_points is None:
-        args.entropy_points = 500 if args.quick else ENTROPY_POINTS
+    for key, value in {**DEFAULTS, **(QUICK if args.quick else {})}.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     entry.check_demo_flags(args, counts=["T", "steps", "batch_size", "hidden", "emb_dim", "eval_points",
-                                         "entropy_points"], positive=["lr"])  # before any work
+                                         "entropy_points"], positive=["lr", "noise"], error=p.error)  # before any work
+    if args.n_blocks < 0:
+        p.error(f"--n-blocks must be >= 0, got {args.n_blocks}")
     return args
 
 
@@ -101,11 +111,12 @@ def figure(path, chain, forward, reverse, T):
 
 def main(argv=None) -> str:
     args = parse_args(argv)
+    with entry.demo_outputs(args.out, OUTPUTS, force=args.force, command="demos/swissroll.py"):
+        return run(args)
+
+
+def run(args) -> str:
     print(threads.apply_policy())  # one BLAS thread unless you set OPENBLAS_NUM_THREADS (docs/command-line.md)
-    if args.quick:
-        # 3 s; K − L_null ≈ 0.5 bits, where the untrained (zero-output) chain scores 0 ± 0.03
-        args.steps, args.lr, args.hidden, args.n_blocks, args.emb_dim, args.eval_points = 1500, 3e-3, 32, 1, 16, 2000
-    entry.demo_out(args.out)  # a folder where a file can be written, before any work
     rng = np.random.default_rng(args.seed)
     roll = lambda n: data.swissroll(n, rng, noise=args.noise)  # noqa: E731
     z, mean, std = data.standardize(roll(100_000))

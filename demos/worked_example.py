@@ -7,7 +7,8 @@ a batch of two heart points through Algorithm 1 of Ho et al. 2020 once: draw t a
 network layer by layer, the loss L = mean (ε_θ − ε)², then the backward pass layer by layer and one AdamW
 update. Every number comes from npdiff's own classes; the script walks their layers one by one so that
 each intermediate can be printed, then checks that ``EpsilonObjective.loss_and_backward`` (the call
-training makes) gives the same loss and gradients. The printout is also written to DIR/worked_example.txt.
+training makes) gives the same loss and gradients. The printout is also written to DIR/worked_example.txt (an
+earlier one is replaced only with --force).
 
 Shape glossary: N = 2 points, D = 2 data dims, E = 4 embedding size (per coordinate and for t),
 H = 4 hidden width, T = 1000 steps. Read with docs/derivations.md beside it: each backward line printed
@@ -23,6 +24,7 @@ import sys
 import numpy as np
 
 from npdiff import AdamW, Denoiser, EpsilonObjective, Schedule, data
+from npdiff.cli import entry
 from npdiff.io import fileio
 
 SEED, T, LR, WEIGHT_DECAY = 0, 1000, 1e-2, 0.01
@@ -32,9 +34,10 @@ X0 = data.heart_from_theta(np.array([0.0, np.pi / 2]))  # two points of the hear
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = entry.DemoParser(prog="worked_example.py", description=__doc__.split("\n")[0])
     p.add_argument("--out", default=os.path.join("out", "worked_example"),
                    help="output folder for worked_example.txt (default out/worked_example)")
+    p.add_argument("--force", action="store_true", help="replace the worked_example.txt of an earlier run in --out")
     return p.parse_args(argv)
 
 
@@ -110,6 +113,11 @@ def training_step(model, schedule, x0, t, noise, show):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    with entry.demo_outputs(args.out, ["worked_example.txt"], force=args.force, command="demos/worked_example.py"):
+        return run(args)
+
+
+def run(args) -> int:
     np.set_printoptions(precision=4, suppress=True, linewidth=110)
     lines: list[str] = []
 
@@ -158,11 +166,10 @@ def main(argv=None) -> int:
     say(f"at k = 1, m/√v = sign(g): every Δθ = −lr·sign(g) − lr·λ·θ up to ε "
         f"(largest difference {np.abs(step - sign_step).max():.1e})")
 
-    os.makedirs(args.out, exist_ok=True)
     fileio.write_text(os.path.join(args.out, "worked_example.txt"), "\n".join(lines) + "\n")
     print(os.path.abspath(args.out))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry.run_demo(main, sys.argv[1:]))  # every failure: one line, status 1 or 2 (npdiff.cli.entry)

@@ -33,7 +33,7 @@ def test_quick_demo_conditions_the_trained_roll_within_the_thresholds(tmp_path, 
 
 
 def test_an_untrained_model_fails_the_demos_thresholds():
-    args = conditional.parse_args(["--quick", "--steps", "0"])
+    args = conditional.parse_args(["--quick"])  # the model is built here, never trained
     process = conditional.make_diffusion(args).process
     rng = np.random.default_rng(0)
     inpaint = conditional.inpaint_merit(process, conditional.inpaint_reference(args.a, 201), 200, rng)
@@ -57,18 +57,19 @@ def test_the_gaussian_table_shows_the_unconditioned_chain_converging_and_the_con
 
 @pytest.mark.parametrize("flags, message", [
     (["--noise-std", "-1"], "--noise-std must be a finite number > 0"),
-    (["--n", "3"], "--n >= 10"),
+    (["--n", "3"], "--n must be >= 10"),
+    (["--steps", "0"], "--steps must be >= 1, got 0"),
     (["--observed", "nan", "0"], "must be finite"),
     (["--steps", "x"], "invalid int value"),
 ])
-def test_bad_flags_exit_with_one_line(flags, message, capsys):
+def test_bad_flags_exit_2_with_one_line(flags, message, capsys):
     with pytest.raises(SystemExit) as info:
         conditional.parse_args(flags)
-    text = str(info.value) + capsys.readouterr().err
-    assert message in text and text.strip().count("\n") == 0
+    text = capsys.readouterr().err
+    assert info.value.code == 2 and message in text and text.strip().count("\n") == 0, text
 
 
 def test_a_bad_flag_from_the_shell_prints_one_line(tmp_path, run_demo):
     run = run_demo("conditional.py", "--noise-std", "0", "--out", tmp_path / "x")
-    assert run.returncode != 0 and run.stdout == ""
+    assert run.returncode == 2 and run.stdout == ""
     assert run.stderr.strip() == "conditional.py: error: --noise-std must be a finite number > 0, got 0.0"

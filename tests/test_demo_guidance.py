@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from npdiff import EpsilonChain, Schedule, data
+from npdiff.diffusion import GUIDANCE_RANGE
 from npdiff.processes import sampling
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "demos"))
@@ -39,7 +40,7 @@ def test_quick_demo_guides_samples_onto_their_label(tmp_path, run_demo):
 
 
 def test_an_untrained_model_stays_near_chance_guided_or_not():
-    diffusion = guidance.make_diffusion(guidance.parse_args(["--quick", "--steps", "0"]))
+    diffusion = guidance.make_diffusion(guidance.parse_args(["--quick"]))  # built, not yet trained
     exact = guidance.MixtureEpsilon(diffusion.schedule, data.eight_gaussians_centres(), 0.7)
     labels = np.arange(200) % guidance.K
     for w in (0.0, 2.0):
@@ -98,15 +99,26 @@ def test_merit_counts_the_nearest_centre():
     assert guidance.merit(centres, centres)["accuracy"] is None
 
 
+RANGE = f">= {GUIDANCE_RANGE[0]:g} and <= {GUIDANCE_RANGE[1]:g} (the guidance range"
+
+
 @pytest.mark.parametrize("flags, message", [
-    (["--guidance", "nan"], "guidance scales must be finite numbers >= -1"),
-    (["--w", "-2"], "guidance scales must be finite numbers >= -1"),
-    (["--n", "3"], "--n >= 8"),
+    (["--guidance", "nan"], "--guidance must be a finite number " + RANGE),
+    (["--guidance", "0", "-0.5"], "--guidance must be a finite number " + RANGE),  # below the range: refused
+    (["--guidance", str(GUIDANCE_RANGE[1] + 1)], "--guidance must be a finite number " + RANGE),
+    (["--w", "-1"], "--w must be a finite number " + RANGE),
+    (["--steps", "0"], "--steps must be >= 1, got 0"),
+    (["--n", "3"], "--n must be >= 8"),
     (["--std", "0"], "--std must be a finite number > 0"),
     (["--steps", "x"], "invalid int value"),
 ])
-def test_bad_flags_exit_with_one_line(flags, message, capsys):
+def test_bad_flags_exit_2_with_one_line(flags, message, capsys):
     with pytest.raises(SystemExit) as info:
         guidance.parse_args(flags)
-    text = str(info.value) + capsys.readouterr().err
-    assert message in text and text.strip().count("\n") == 0
+    text = capsys.readouterr().err
+    assert info.value.code == 2 and message in text and text.strip().count("\n") == 0, text
+
+
+def test_the_ends_of_the_guidance_range_are_accepted():
+    args = guidance.parse_args(["--guidance", *(f"{w:g}" for w in GUIDANCE_RANGE), "--w", f"{GUIDANCE_RANGE[1]:g}"])
+    assert args.guidance == list(GUIDANCE_RANGE) and args.w == GUIDANCE_RANGE[1]

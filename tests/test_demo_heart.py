@@ -113,6 +113,8 @@ def test_the_variance_flag_sets_sigma_squared_to_beta_tilde_or_beta():
     (["--variance", "learned_range"], "invalid choice"),
 ])
 def test_bad_flags_are_refused_in_one_line(flags, message, capsys):
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as info:
         heart.parse_args(flags)
-    assert message in capsys.readouterr().err
+    text = capsys.readouterr().err
+    assert info.value.code == 2 and text.startswith("heart.py: error: ") and message in text, text
+    assert text.strip().count("\n") == 0, text  # no usage block

@@ -59,6 +59,6 @@ def test_quick_run_writes_figures_samples_and_the_quality_table(tmp_path, run_de
 
 def test_missing_data_exits_with_a_message_naming_the_folder(tmp_path, run_demo):
     proc = run_demo("mnist.py", "--quick", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out"))
-    assert proc.returncode == 1
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr  # an input error: one line
     assert "train-images-idx3-ubyte" in proc.stderr and str(tmp_path / "nowhere") in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -8,21 +8,27 @@ input file, an output path, a request too large for the disk), nothing written; 
 non-finite loss or sample, a failed write, out of memory); 128 + n after signal n. A bug is still one line,
 ``internal error: …``; ``NPDIFF_TRACEBACK=1`` shows its traceback.
 
-``check_demo_flags`` is the flag rule of a demo, before any work: counts ≥ 1, finite positive numbers, fractions
-in [0, 1), guidance scales in ``npdiff.diffusion.GUIDANCE_RANGE`` (the command line's range). ``demo_out`` is the
-output rule of a demo's ``--out DIR``: a folder (created if needed) where a file can be
-written, checked before any work; a path that names a file, or a folder that cannot be written, is a UsageError.
+``DemoParser`` is a demo's argparse: a bad flag is one line and exit status 2. ``check_demo_flags`` is the flag rule
+of a demo, before any work: counts ≥ 1, finite positive numbers, fractions in [0, 1), guidance scales in
+``npdiff.diffusion.GUIDANCE_RANGE`` (the command line's range). ``demo_out`` is the output rule of a demo's
+``--out DIR``: a folder (created if needed) where a file can be written, checked before any work; a path that
+names a file, or a folder that cannot be written, is a UsageError. ``demo_outputs`` adds the rest of the writers'
+rule (docs/command-line.md, "Outputs"), as ``npdiff``'s commands apply it: the folder is held by a lock for the
+run (``.<DIR>.npdiff-lock`` beside it, ``args.holding``), a file the demo writes that is there already is
+refused without ``--force``, and one that is also an input (``args.check_distinct``) always.
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import math
 import os
 import signal
 import sys
 import warnings
 
-from npdiff.cli.args import UsageError
+from npdiff.cli.args import UsageError, check_distinct, holding
 from npdiff.diffusion import GUIDANCE_RANGE
 from npdiff.io import fileio
 from npdiff.training.train import CheckpointWriteError, NonFiniteLossError, TrainingInterrupted
@@ -82,18 +88,18 @@ def failure(name: str, err: BaseException) -> int:
 
 
 def run_demo(main, argv=None, name: str | None = None) -> int:
-    """Run a demo's ``main(argv)``: 0 on success, else ``failure``'s one line and status (argparse's exits and a
-    demo's own ``sys.exit(message)`` keep Python's status)."""
+    """Run a demo's ``main(argv)``: 0 on success (or the int that ``main`` returns), else ``failure``'s one line
+    and status (argparse's exits and a demo's own ``sys.exit(message)`` keep Python's status)."""
     name = name or os.path.basename(sys.argv[0])
     caught = Warnings()
     with warnings.catch_warnings():
         warnings.showwarning = caught.show
         try:
-            main(argv)
+            status = main(argv)
         except (Exception, KeyboardInterrupt, SystemExit) as err:  # every failure becomes one line
             return _demo_failure(name, err)
     caught.summary(name)
-    return 0
+    return status if type(status) is int else 0  # a demo's own verdict (gradcheck: 1 for a failed check)
 
 
 def _demo_failure(name: str, err: BaseException) -> int:
@@ -106,6 +112,13 @@ def _demo_failure(name: str, err: BaseException) -> int:
         print(f"{name}: stopped: {one_line(err)}", file=sys.stderr)
         return 128 + err.signum
     return failure(name, err)
+
+
+class DemoParser(argparse.ArgumentParser):
+    """argparse for a demo: a bad flag is one line, ``PROG: error: message``, and exit status 2 (no usage block)."""
+
+    def error(self, message):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {one_line(message)}\n")
 
 
 def demo_out(path) -> str:
@@ -121,6 +134,23 @@ def demo_out(path) -> str:
     except OSError as err:
         raise UsageError(f"--out {path!r}: cannot write there: {err.strerror or err}") from None
     return path
+
+
+@contextlib.contextmanager
+def demo_outputs(path, names, *, force: bool = False, command: str = "a demo", inputs=()):
+    """``with demo_outputs(args.out, ["samples.npy", …], force=args.force, command="demos/heart.py"):`` run the
+    demo's work with its output folder ``path`` checked (``demo_out``) and held by a lock for the run (a second run
+    on it is refused, naming this one); a file ``names`` lists that is there already is refused without ``force``,
+    and one that is an input (``inputs``: (flag, path or None) pairs) always. Yields the folder."""
+    folder = demo_out(path)
+    with holding(folder, command):  # taken before the checks: no run can write a name between them and the work
+        for name in names:
+            out = os.path.join(folder, name)
+            check_distinct(out, inputs)
+            if os.path.lexists(out) and not force:
+                raise UsageError(f"--out {path!r} holds {name} already; pass --force to replace it or choose "
+                                 "another --out")
+        yield folder
 
 
 def check_demo_flags(args, *, counts=(), positive=(), fractions=(), guidance=(), error=None) -> None:
