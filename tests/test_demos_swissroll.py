@@ -1,6 +1,8 @@
 """demos/swissroll.py --quick end to end: it trains, evaluates K, draws Figure 1 and prints its folder."""
 
+import importlib.util
 import json
+from pathlib import Path
 
 import numpy as np
 
@@ -31,3 +33,15 @@ def test_the_untrained_chain_fails_the_quick_demos_quality_bar():
     chain = SohlDicksteinChain(make_model(2, hidden=32, n_blocks=1, emb_dim=16), Schedule(40, "sohl_dickstein"))
     bound = likelihood.eq14_bound(chain, z[:2000], rng, exact=True)
     assert bound.gain / np.log(2) < MIN_GAIN_BITS - 5 * bound.gain_se / np.log(2)
+
+
+def test_a_flag_given_wins_over_quicks_defaults():
+    spec = importlib.util.spec_from_file_location("demo_swissroll", Path(__file__).resolve().parents[1] / "demos" /
+                                                  "swissroll.py")
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    quick = demo.parse_args(["--quick"])
+    assert (quick.steps, quick.lr, quick.hidden) == (demo.QUICK["steps"], demo.QUICK["lr"], demo.QUICK["hidden"])
+    given = demo.parse_args(["--quick", "--steps", "7", "--lr", "0.01", "--hidden", "12"])
+    assert (given.steps, given.lr, given.hidden, given.n_blocks) == (7, 0.01, 12, demo.QUICK["n_blocks"])
+    assert demo.parse_args([]).steps == demo.DEFAULTS["steps"]
