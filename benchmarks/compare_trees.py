@@ -122,8 +122,8 @@ def ask(proc, count: int) -> float:
 
 def compare(name: str, args) -> dict:
     sys.path.insert(0, HERE)
-    from train_step import CONFIGS
-    cfg = {k: v for k, v in CONFIGS[name].items() if k != "sample"}
+    from train_step import ALL_CONFIGS
+    cfg = {k: v for k, v in ALL_CONFIGS[name].items() if k != "sample"}
     block = args.block or cfg["block"]
     before = load_average()
     medians = {"old": [], "new": []}

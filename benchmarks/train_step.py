@@ -55,13 +55,16 @@ CONFIGS = {
                        model=dict(hidden=32, n_blocks=1, emb_dim=32, layernorm=True, final_layernorm=True)),
     "tiny-diffusion": dict(batch=1000, T=50, clip=None, steps=300, warmup=30, block=30,
                            model=dict(hidden=128, n_blocks=3, emb_dim=128, layernorm=False, final_layernorm=False)),
+}
+IMAGE_CONFIGS = {  # the 2-D ones above are also ``gpu_check.py``'s agreement checks
     "image": dict(batch=128, T=1000, clip=1.0, steps=300, warmup=20, block=100, data_dim=784, prediction="x0",
                   num_classes=10, label_dropout=0.2, ema=0.999, lr=2e-3, weight_decay=0.0, parts=True,
                   model=dict(hidden=512, n_blocks=3, emb_dim=128, layernorm=True, final_layernorm=True,
                              embed_coords=False),
                   sample=dict(images=64, ddim_steps=50, guidance=0.25)),
 }
-COMMON = dict(coord_scale=25.0, time_scale=1.0, activation="gelu", dtype="float32", seed=0)
+ALL_CONFIGS = {**CONFIGS, **IMAGE_CONFIGS}
+COMMON = dict(data_dim=2, coord_scale=25.0, time_scale=1.0, activation="gelu", dtype="float32", seed=0)
 LR = 1e-3
 # wall clock by default; ``--clock cpu`` (with ``--threads 1``) counts only this thread's CPU time, which
 # other processes competing for the cores do not inflate
@@ -79,7 +82,7 @@ class NpdiffDDPM:
     ``sampling.sample``, exactly what ``train.fit`` and the demos run."""
 
     def __init__(self, cfg: dict, schedule: Schedule) -> None:
-        self.model = Denoiser(**COMMON, data_dim=cfg.get("data_dim", 2), num_classes=cfg.get("num_classes"),
+        self.model = Denoiser(**{**COMMON, "data_dim": cfg.get("data_dim", 2)}, num_classes=cfg.get("num_classes"),
                               **cfg["model"])
         self.lr = cfg.get("lr", LR)
         self.opt = AdamW(self.model, lr=self.lr, weight_decay=cfg.get("weight_decay", 0.01))
@@ -370,7 +373,7 @@ def blas_info() -> str:
 
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="all", choices=["all", *CONFIGS])
+    parser.add_argument("--config", default="all", choices=["all", *ALL_CONFIGS])
     parser.add_argument("--steps", type=int, default=0, help="timed steps per library (default per config)")
     parser.add_argument("--threads", type=int, default=2, help="threads of PyTorch and of NumPy's BLAS")
     parser.add_argument("--block-threads", type=int, default=0,
@@ -409,8 +412,8 @@ def main(argv=None) -> list[dict]:
             torch = torch_side[0]
             print(f"torch {torch.__version__} on {args.torch_device}, {torch.get_num_threads()} threads")
         results = []
-        for name in CONFIGS if args.config == "all" else [args.config]:
-            results.append(run_config(name, CONFIGS[name], args, torch_side))
+        for name in ALL_CONFIGS if args.config == "all" else [args.config]:
+            results.append(run_config(name, ALL_CONFIGS[name], args, torch_side))
             report(results[-1])
     CLOCK[0] = time.perf_counter
     primitives.set_threads(previous_threads)
