@@ -41,12 +41,12 @@ class Adam:
 
     def step(self, lr: float | None = None) -> None:
         lr = self.lr if lr is None else float(lr)
-        b1, b2 = self.betas
+        b2 = self.betas[1]
         self.steps += 1
         k = self.steps
         # θ ← θ − lr·m̂/(√v̂ + ε), m̂ = m/(1 − β1^k), v̂ = v/(1 − β2^k), in Kingma & Ba's own reordering
         # (Section 2): θ ← θ − α_k·m/(√v + ε̂), α_k = lr·√(1 − β2^k)/(1 − β1^k), ε̂ = ε·√(1 − β2^k)
-        alpha = lr * math.sqrt(1 - b2**k) / (1 - b1**k)
+        alpha = lr * math.sqrt(1 - b2**k) / (1 - self.betas[0] ** k)
         eps_hat = self.eps * math.sqrt(1 - b2**k)
         shrink = 1 - lr * self.weight_decay
         # the update below, block by block of the flat buffers (``primitives.blockwise``: the same numbers)
