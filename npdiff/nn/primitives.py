@@ -194,10 +194,9 @@ def blockwise(fn, *arrays) -> None:
     only on the same entry of its inputs, as every update here is, the two give the same numbers to the bit:
     only the order in which entries are visited changes. With ``set_threads(n)``, up to n contiguous runs of
     at least four blocks each go to as many threads (the caller takes the first), each with its own scratch
-    (kept between calls: one ``blockwise`` at a time, as one training step runs one update at a time).
-    Measured on the image demo's 1.67 M parameters (float32, 1 thread, both versions alternating in one
-    process): AdamW 6.5 ms and the EMA 1.6 ms on the whole buffers with fresh temporaries, 3.1 and 0.85 ms
-    block by block with a scratch.
+    (kept between calls: one ``blockwise`` at a time). On the image demo's 1.67 M parameters (float32, 1
+    thread, alternating in one process): AdamW 6.5 ms and the EMA 1.6 ms on the whole buffers with fresh
+    temporaries, 3.1 and 0.85 ms block by block with a scratch.
     """
     size = arrays[0].shape[0]
     if backend.name != "numpy" or size <= BLOCK:
