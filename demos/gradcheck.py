@@ -135,6 +135,8 @@ def check_objective(model, objective, args, rng):
     first = getattr(objective, "first_t", 1)
     t = rng.integers(first, args.T + 1, size=n)
     t[0], t[-1] = first, args.T  # both ends of the chain: the decoder step and the prior's neighbour
+    if hasattr(objective, "time"):  # flow matching's times are its levels k/K (``flow.FlowTime``), K = --T
+        t = t / objective.time.levels
     draws = {"t": t, "noise": noise}
     takes = inspect.signature(objective.loss).parameters
     if args.num_classes is not None and "y" in takes:

@@ -149,7 +149,7 @@ def test_fit_refuses_labels_that_do_not_fit():
     with pytest.raises(ValueError, match="8 class labels"):
         train.fit(Denoiser(2, num_classes=2, **TINY), x, EpsilonObjective(schedule), steps=1, batch_size=4,
                   rng=np.random.default_rng(0), labels=np.zeros(7, dtype=int), progress=False)
-    with pytest.raises(ValueError, match="'epsilon' objective"):
+    with pytest.raises(ValueError, match="'epsilon' and 'flow' objectives"):
         Diffusion(2, objective="hybrid", num_classes=3)
     with pytest.raises(ValueError, match="class-conditional"):
         Diffusion(2, T=20, **TINY).sample(4, labels=1)

@@ -142,7 +142,7 @@ def test_cosine_schedule_first_step_is_refused_unclipped_and_bounded_when_x0_is_
 def test_invalid_sampler_settings_raise_one_clear_error():
     s = Schedule(10)
     chain = oracle_chain(s)
-    cases = [(dict(sampler="euler"), "sampler"), (dict(sampler="ddim", eta=1.5), "eta"),
+    cases = [(dict(sampler="bogus"), "sampler"), (dict(sampler="ddim", eta=1.5), "eta"),
              (dict(ddim_steps=5), "DDIM"), (dict(sampler="ddim", ddim_steps=11), "ddim_steps"),
              (dict(x_T=np.zeros((3, 3))), "x_T")]
     for kwargs, match in cases:

@@ -59,12 +59,15 @@ class FlowTime:
 
     def level(self, t):
         """k = t·K as integers (N,) on t's backend. Host times are checked to lie on the levels (k ∈ 0..K, t·K
-        within 1e-6 of k); device times come from ``sample`` or ``round_t`` and are trusted, so that no
+        within 1e-6 of k, or the rounding of t's float type); device times come from ``sample`` or ``round_t`` and are trusted, so that no
         training step reads them back (as ``Schedule.as_timesteps`` treats timesteps)."""
         if is_host(t):
-            scaled = np.asarray(t, dtype=np.float64) * self.levels
+            given = np.asarray(t)
+            # a float32 k/K is k/K to float32's rounding, K·eps of it after scaling (1.2e-4 for K = 1000)
+            eps = np.finfo(given.dtype).eps if np.issubdtype(given.dtype, np.floating) else 0.0
+            scaled = given.astype(np.float64) * self.levels
             k = np.rint(scaled)
-            if not np.all((np.abs(scaled - k) <= 1e-6) & (k >= 0) & (k <= self.levels)):
+            if not np.all((np.abs(scaled - k) <= max(1e-6, 4 * eps * self.levels)) & (k >= 0) & (k <= self.levels)):
                 raise ValueError(f"flow times must be k/{self.levels}, k in 0..{self.levels}: round them with round_t")
             return k.astype(np.int64)
         return backend.xp.rint(t * self.levels).astype(np.int64)
@@ -206,11 +209,15 @@ class FlowDenoiser:
         return (u - t * self.velocity.vjp(y / (1.0 + sigma), t, u)) / (1.0 + sigma)
 
 
-def flow_euler(velocity, ts, x):
+def flow_euler(velocity, ts, x, *, callback=None):
     """Euler on dx/dt = v(x, t) down a decreasing grid of times ts (t_0 = 1 … t_K = 0):
-    x_{i+1} = x_i + (t_{i+1} − t_i) v(x_i, t_i).  x (N, D) at t_0 -> (N, D)"""
-    for t, t_next in zip(ts[:-1], ts[1:]):
+    x_{i+1} = x_i + (t_{i+1} − t_i) v(x_i, t_i).  x (N, D) at t_0 -> (N, D); callback(t_{i+1}, x_{i+1}) sees
+    each state."""
+    times = [float(t) for t in ts]  # Python floats keep x in the network's dtype
+    for t, t_next in zip(times[:-1], times[1:]):
         x = x + (t_next - t) * velocity(x, t)
+        if callback is not None:
+            callback(t_next, x)
     return x
 
 

@@ -183,23 +183,32 @@ def prior_std(sigma_max: float) -> float:
     return math.sqrt(1.0 + sigma_max * sigma_max)
 
 
-def euler(denoiser, sigmas, y):
-    """Euler's method on the ODE (module docstring): DDIM with η = 0 on the same grid.  y (N, D) -> (N, D)"""
-    for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
+def steps_of(sigmas):
+    """The steps (σ_i, σ_{i+1}) of a grid as Python floats, which keep y in the denoiser's dtype."""
+    levels = [float(s) for s in sigmas]
+    return list(zip(levels[:-1], levels[1:]))
+
+
+def euler(denoiser, sigmas, y, *, callback=None):
+    """Euler's method on the ODE (module docstring): DDIM with η = 0 on the same grid.  y (N, D) -> (N, D)
+    callback(σ_{i+1}, y_{i+1}), when given, sees each state (as every solver here does)."""
+    for sigma, sigma_next in steps_of(sigmas):
         d = (y - denoiser(y, sigma)) / sigma  # dy/dσ = ε̂
         y = y + (sigma_next - sigma) * d
+        if callback is not None:
+            callback(sigma_next, y)
     return y
 
 
 def heun(denoiser, sigmas, y, *, s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = math.inf,
-         s_noise: float = 1.0, rng=None):
+         s_noise: float = 1.0, rng=None, callback=None):
     """Heun's method with EDM's churn (Karras et al. 2022, Algorithm 2).  y (N, D) -> (N, D)
 
     s_churn > 0: before step i, add noise to raise σ_i to σ̂_i = σ_i (1 + γ_i), γ_i = min(S_churn/n, √2 − 1)
     for σ_i in [S_tmin, S_tmax] (n steps), σ̂_i put on a level the denoiser knows (``round_sigma``).
     """
     steps = len(sigmas) - 1
-    for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
+    for sigma, sigma_next in steps_of(sigmas):
         gamma = min(s_churn / steps, math.sqrt(2.0) - 1.0) if s_tmin <= sigma <= s_tmax else 0.0
         sigma_hat = max(denoiser.round_sigma(sigma * (1.0 + gamma)), sigma) if gamma > 0 else sigma
         if sigma_hat > sigma:  # y at σ̂: add noise of variance σ̂² − σ²
@@ -212,19 +221,23 @@ def heun(denoiser, sigmas, y, *, s_churn: float = 0.0, s_tmin: float = 0.0, s_tm
         else:  # the trapezoid rule: average the slopes at both ends
             d_next = (y_euler - denoiser(y_euler, sigma_next)) / sigma_next
             y = y + (sigma_next - sigma_hat) * 0.5 * (d + d_next)
+        if callback is not None:
+            callback(sigma_next, y)
     return y
 
 
-def dpmpp_2m(denoiser, sigmas, y, *, order: int = 2):
+def dpmpp_2m(denoiser, sigmas, y, *, order: int = 2, callback=None):
     """DPM-Solver++(2M), multistep (Lu et al. 2022, Algorithm 2, in σ coordinates); order=1 is
     DPM-Solver++(1), which is Euler and DDIM.  y (N, D) -> (N, D)"""
     if order not in (1, 2):
         raise ValueError(f"order must be 1 or 2, got {order!r}")
     x0_prev, h_prev = None, None  # D_{i−1} and h_{i−1}
-    for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
+    for sigma, sigma_next in steps_of(sigmas):
         x0_hat = denoiser(y, sigma)  # D_i
         if sigma_next == 0:  # λ = ∞: the step lands on D̃ = D
             y = x0_hat
+            if callback is not None:
+                callback(sigma_next, y)
             continue
         h = math.log(sigma) - math.log(sigma_next)  # h_i = λ_{i+1} − λ_i, λ = −log σ
         if order == 1 or x0_prev is None:
@@ -234,6 +247,8 @@ def dpmpp_2m(denoiser, sigmas, y, *, order: int = 2):
             x0_mix = (1.0 + 1.0 / (2.0 * r)) * x0_hat - (1.0 / (2.0 * r)) * x0_prev  # D̃_i
         y = (sigma_next / sigma) * y - math.expm1(-h) * x0_mix
         x0_prev, h_prev = x0_hat, h
+        if callback is not None:
+            callback(sigma_next, y)
     return y
 
 

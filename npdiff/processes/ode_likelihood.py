@@ -18,6 +18,12 @@ of the per-point values (spread of the points and of the probes together).
 
 The value is the density of the data blurred by noise σ_min, in the model's coordinates; a model of discrete
 timesteps starts at its σ_1 (``model_sigmas``).
+
+A flow model integrates in its own time t instead (``flow_log_likelihood``): along dx/dt = v(x, t),
+d log p_t(x(t))/dt = −tr ∂v/∂x, with x = (1 − t_min) x_0 at t_min and p_{t_max} = N(0, ((1 − t)² + t²) I) (the VP
+prior, y = x/(1 − t)); log p_σ(y) = log p_t(x) + D log(1 − t) converts back. Its levels t = k/K are even in t,
+where v is smooth, whereas in σ = t/(1 − t) the top two levels lie a factor 2 apart and the trapezoid of
+div f ≈ D/σ there is off by 0.11 nats per two dimensions.
 """
 
 from __future__ import annotations
@@ -141,4 +147,47 @@ def ode_log_likelihood(denoiser, x0, sigmas, *, trace: str = "auto", probes: int
     values = backend.to_numpy(prior + integral)
     method = f"ODE log-likelihood (Heun, {sigmas.size - 1} steps, σ {sigmas[0]:.3g}…{sigma_max:.3g}, " + (
         "exact trace)" if z is None else f"Hutchinson trace, {probes} probe{'s' * (probes > 1)})")
+    return OdeLogLikelihood(values, d, method, time.perf_counter() - start)
+
+
+def flow_log_likelihood(velocity, x0, ts, *, trace: str = "auto", probes: int = 1, rng=None) -> OdeLogLikelihood:
+    """log p_{σ_min}(x_0) per point of a flow model (module docstring), Heun in t on the increasing grid ``ts``
+    (t_min > 0 … t_max < 1, on the model's levels); σ_min = t_min/(1 − t_min). velocity: ``flow.FlowVelocity``
+    (v(x, t) and ``vjp``). trace, probes, rng: as ``ode_log_likelihood``."""
+    start = time.perf_counter()
+    ts = np.asarray(ts, dtype=np.float64)
+    if ts.ndim != 1 or ts.size < 2 or ts[0] <= 0 or ts[-1] >= 1 or not np.all(np.diff(ts) > 0):
+        raise ValueError("ts must be an increasing grid of at least two times in (0, 1)")
+    x0 = backend.asarray(x0, dtype="float64")
+    n, d = x0.shape
+    trace = ("exact" if d <= EXACT_MAX_DIM else "hutchinson") if trace == "auto" else trace
+    if trace not in ("exact", "hutchinson"):
+        raise ValueError(f"trace must be 'exact', 'hutchinson' or 'auto', got {trace!r}")
+    if trace == "hutchinson" and rng is None:
+        raise ValueError("the Hutchinson trace draws probes: pass rng")
+    z = rademacher((n, probes, d), rng) if trace == "hutchinson" else None
+
+    def drift(x, t):
+        """(v (N, D), div v (N,)) at time t."""
+        tr = trace_exact(velocity, x, t) if z is None else trace_hutchinson(velocity, x, t, z)
+        return velocity(x, t), tr
+
+    times = [float(t) for t in ts]
+    x = (1.0 - times[0]) * x0  # x_{t_min} of the point y = x_0 at σ_min
+    integral = backend.xp.zeros(n)  # ∫ div v dt so far
+    f, div = drift(x, times[0])
+    for t, t_next in zip(times[:-1], times[1:]):
+        h = t_next - t
+        f_next, div_next = drift(x + h * f, t_next)
+        x = x + 0.5 * h * (f + f_next)
+        integral = integral + 0.5 * h * (div + div_next)
+        if t_next != times[-1]:
+            f, div = drift(x, t_next)
+    var = (1.0 - times[-1]) ** 2 + times[-1] ** 2
+    prior = -0.5 * ((x * x).sum(axis=1) / var + d * math.log(2 * math.pi * var))
+    values = backend.to_numpy(prior + integral) + d * math.log(1.0 - times[0])
+    sigma_min = times[0] / (1.0 - times[0])
+    method = (f"ODE log-likelihood (flow, Heun in t, {ts.size - 1} steps, t {times[0]:.3g}…{times[-1]:.3g}, "
+              f"σ_min {sigma_min:.3g}, " + ("exact trace)" if z is None else
+                                            f"Hutchinson trace, {probes} probe{'s' * (probes > 1)})"))
     return OdeLogLikelihood(values, d, method, time.perf_counter() - start)
