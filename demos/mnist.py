@@ -41,6 +41,7 @@ from npdiff.images import idx, image_viz
 from npdiff.io import fileio, threads, viz
 from npdiff.images.quality import ImageJudge, format_table
 from npdiff.processes.predictions import PREDICTIONS
+from npdiff.processes.sampling import ODE_SAMPLERS, SAMPLERS
 
 # chosen by the study in docs/images.md (FCD per CPU minute on Fashion-MNIST)
 DEFAULTS = dict(steps=8000, batch_size=128, lr=2e-3, T=1000, schedule="linear", prediction="x0", hidden=512,
@@ -69,8 +70,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, help=f"peak AdamW learning rate, cosine-decayed (default {DEFAULTS['lr']})")
     p.add_argument("--T", type=int, help=f"diffusion steps (default {DEFAULTS['T']})")
     p.add_argument("--schedule", choices=("linear", "cosine"), help=f"β schedule (default {DEFAULTS['schedule']})")
+    p.add_argument("--objective", choices=("epsilon", "flow"), default="epsilon",
+                   help="epsilon: the DDPM objective with --prediction; flow: flow matching, v = noise - x0 on "
+                        "x_t = (1 - t) x0 + t noise (docs/continuous-time.md); default epsilon")
     p.add_argument("--prediction", choices=PREDICTIONS,
-                   help=f"what the network predicts (default {DEFAULTS['prediction']})")
+                   help=f"what the network predicts (default {DEFAULTS['prediction']}; --objective epsilon)")
     p.add_argument("--hidden", "--width", type=int, help=f"hidden width of the MLP (default {DEFAULTS['hidden']})")
     p.add_argument("--n-blocks", "--blocks", type=int, help=f"residual blocks (default {DEFAULTS['n_blocks']})")
     p.add_argument("--emb-dim", "--emb", type=int, help=f"time-embedding size (default {DEFAULTS['emb_dim']})")
@@ -79,7 +83,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help=f"probability of training without the label (default {DEFAULTS['label_dropout']})")
     p.add_argument("--guidance", type=float, help=f"guidance scale w of the samples (default {DEFAULTS['guidance']})")
     p.add_argument("--sweep", type=float, nargs="+", help=f"the guidance sweep's w (default {DEFAULTS['sweep']})")
-    p.add_argument("--ddim-steps", type=int, help=f"DDIM steps of the sampler (default {DEFAULTS['ddim_steps']})")
+    p.add_argument("--sampler", choices=SAMPLERS,
+                   help="ddim (the default for epsilon), or an ODE solver euler|heun|dpmpp_2m (euler is the default "
+                        "for flow)")
+    p.add_argument("--ddim-steps", "--sampler-steps", type=int,
+                   help=f"steps of the sampler (default {DEFAULTS['ddim_steps']})")
     p.add_argument("--n-train", type=int, help="use only this many training images (default all)")
     p.add_argument("--n-samples", type=int, help=f"images per row of the table (default {DEFAULTS['n_samples']})")
     p.add_argument("--seed", type=int, help="seed of every random draw (default 0)")
@@ -91,7 +99,17 @@ def parse_args(argv=None) -> argparse.Namespace:
                                          "n_train"], positive=["lr"], fractions=["ema", "label_dropout"],
                            guidance=["guidance", "sweep"], error=p.error)  # before any work, the command line's ranges
     args.sweep = sorted({*args.sweep, args.guidance})
+    if args.sampler is None:
+        args.sampler = "euler" if args.objective == "flow" else "ddim"
+    if args.objective == "flow" and args.sampler not in ODE_SAMPLERS:
+        p.error(f"--sampler {args.sampler}: a flow model samples with an ODE solver ({', '.join(ODE_SAMPLERS)})")
     return args
+
+
+def sample_kwargs(args) -> dict:
+    """``Diffusion.sample``'s sampler, steps and x̂_0 clipping (an ε-model's, to the pixel range)."""
+    steps = {} if args.sampler == "ancestral" else {"steps": args.ddim_steps}
+    return dict(sampler=args.sampler, clip_x0=(-1.0, 1.0) if args.objective == "epsilon" else None, **steps)
 
 
 def load(args):
@@ -114,7 +132,7 @@ def sample_rows(diffusion: Diffusion, judge: ImageJudge, args, rng_seed: int) ->
     -> (rows by name, (samples, labels) by w, seconds)"""
     n, k = args.n_samples, judge.n_classes
     balanced = np.arange(n) % k
-    kw = dict(sampler="ddim", ddim_steps=args.ddim_steps, clip_x0=(-1.0, 1.0))
+    kw = sample_kwargs(args)
     start = time.perf_counter()
     rows = {"unconditional": judge.evaluate(diffusion.sample(n, seed=rng_seed, **kw), None, "npdiff, no label")}
     by_w = {}
@@ -161,16 +179,17 @@ def run(args) -> dict:
     print(f"judge: classifier {judge.classifier.source} in {t_judge:.1f} s, test accuracy {100 * accuracy:.1f} %")
 
     stretch = {"scale_to_T": True} if args.schedule == "linear" and args.T != 1000 else None  # x_T is noise
-    diffusion = Diffusion(x.shape[1], T=args.T, schedule=args.schedule, schedule_kwargs=stretch,
-                          prediction=args.prediction, num_classes=len(names), label_dropout=args.label_dropout,
+    target = {"prediction": args.prediction} if args.objective == "epsilon" else {}  # flow: v = ε − x_0
+    diffusion = Diffusion(x.shape[1], args.objective, T=args.T, schedule=args.schedule, schedule_kwargs=stretch,
+                          **target, num_classes=len(names), label_dropout=args.label_dropout,
                           hidden=args.hidden, n_blocks=args.n_blocks, emb_dim=args.emb_dim, embed_coords=False,
                           layernorm=True, final_layernorm=True, seed=args.seed)
     history = diffusion.fit(x, steps=args.steps, labels=labels, batch_size=args.batch_size, lr=args.lr,
                             ema=args.ema if args.ema > 0 else None, seed=args.seed)
     n_params = sum(int(p.size) for p in diffusion.model.parameters().values())
     print(f"trained {args.steps} steps of batch {args.batch_size} in {history.seconds:.1f} s ({x.shape[1]}-"
-          f"{args.hidden}×{args.n_blocks}-{x.shape[1]} MLP with labels, {n_params} parameters, {args.prediction}-"
-          f"prediction), final loss {np.mean(history.loss[-100:]):.4f}")
+          f"{args.hidden}×{args.n_blocks}-{x.shape[1]} MLP with labels, {n_params} parameters, "
+          f"{args.prediction + '-prediction' if args.objective == 'epsilon' else 'flow matching'}), final loss {np.mean(history.loss[-100:]):.4f}")
     d = x.shape[1]  # the command line's view of the data: pixels on [−1, 1], not standardised
     diffusion.save(os.path.join(args.out, "checkpoint.npz"), meta={"data": root, "image_shape": list(shape),
                                                                    "data_mean": [0.0] * d, "data_std": [1.0] * d})
@@ -192,7 +211,7 @@ def run(args) -> dict:
         sweep_png(path, by_w, rows, shape)
     forming_labels = np.repeat(np.arange(len(names)), FORMING)
     _, _, xs = diffusion.sample(len(forming_labels), seed=args.seed + 2, labels=forming_labels, guidance=args.guidance,
-                                sampler="ddim", ddim_steps=args.ddim_steps, clip_x0=(-1.0, 1.0), record=True)
+                                record=True, **sample_kwargs(args))
     with fileio.atomic_path(out["forming.gif"]) as path:
         image_viz.forming_gif(path, np.concatenate([xs[:-1:5], xs[-1:]]), shape, columns=FORMING, fps=5)
     with fileio.atomic_path(out["loss.png"]) as path:
