@@ -160,6 +160,7 @@ class Diffusion:
             self.ema = EMA(self.model, ema)
         if lr_schedule is None:
             lr_schedule = cosine_lr(lr, steps, warmup=min(100, steps // 10)) if steps >= 1 else None
+        fit_kwargs.setdefault("schedule", self.schedule)  # checkpoints store it (a flow objective has none)
         self.history = train.fit(self.model, x, self.objective, steps=steps, batch_size=batch_size,
                                  optimizer=self.optimizer, rng=backend.default_rng(seed) if rng is None else rng,
                                  lr_schedule=lr_schedule, clip=clip, ema=self.ema, labels=labels, **fit_kwargs)

@@ -86,7 +86,7 @@ def folder(tmp_path_factory):
     _hand_made(d / "no_mean.npz", good, lambda info: {**info, "meta": {k: v for k, v in info["meta"].items()
                                                                         if k != "data_mean"}})
     _hand_made(d / "no_objective.npz", good, lambda info: {**info, "meta": {}})
-    _hand_made(d / "new_objective.npz", good, lambda info: {**info, "meta": {**info["meta"], "objective": "flow"}})
+    _hand_made(d / "new_objective.npz", good, lambda info: {**info, "meta": {**info["meta"], "objective": "bridge"}})
     _hand_made(d / "nan_weights.npz", good, arrays_change=lambda a: a["ema/shadow"].fill(np.nan))
     _hand_made(d / "huge_weights.npz", good, arrays_change=lambda a: a["ema/shadow"].fill(1e30))
     np.savez(d / "plain.npz", a=np.zeros(3))
@@ -144,7 +144,7 @@ CASES = [
     ("clip inf", sample("model.npz", "--clip-x0", "inf"), USAGE, "argument --clip-x0: must be a finite number"),
     ("n-t zero", evaluate("model.npz", "{d}/points.csv", "--n-t", "0"), USAGE, "argument --n-t: must be"),
     ("chunk zero", sample("model.npz", "--chunk", "0"), USAGE, "argument --chunk: must be"),
-    ("bad sampler", sample("model.npz", "--sampler", "euler"), USAGE, "argument --sampler: invalid choice"),
+    ("bad sampler", sample("model.npz", "--sampler", "euler_a"), USAGE, "argument --sampler: invalid choice"),
     ("bad max-output", sample("model.npz", "--max-output", "lots"), USAGE, "expected a size such as 500M"),
     ("resume and force", train("--resume", "--force"), USAGE, "pass one of them"),
     # data files
@@ -181,7 +181,7 @@ CASES = [
     ("null schedule", sample("null_schedule.npz"), USAGE, "stores no schedule"),
     ("no data_mean", sample("no_mean.npz"), USAGE, "'data_mean' must be 2 finite numbers"),
     ("no objective", evaluate("no_objective.npz"), USAGE, "not written by `npdiff train`"),
-    ("unknown objective", sample("new_objective.npz"), USAGE, "unknown objective 'flow'"),
+    ("unknown objective", sample("new_objective.npz"), USAGE, "unknown objective 'bridge'"),
     ("NaN weights (sample)", sample("nan_weights.npz"), USAGE, "non-finite weights"),
     ("NaN weights (eval)", evaluate("nan_weights.npz"), USAGE, "non-finite weights"),
     # options that do not fit the model
@@ -190,7 +190,24 @@ CASES = [
     ("variance of a Sohl-Dickstein chain", evaluate("sd.npz", "8gaussians", "--variance", "fixed_large"), USAGE,
      "learns its own"),
     ("clip of a Sohl-Dickstein chain", sample("sd.npz", "--clip-x0", "3"), USAGE, "ε-model options"),
-    ("ddim steps without ddim", sample("model.npz", "--ddim-steps", "5"), USAGE, "--ddim-steps needs --sampler ddim"),
+    ("ddim steps without ddim", sample("model.npz", "--ddim-steps", "5"), USAGE,
+     r"--steps \(--ddim-steps\) needs --sampler ddim or an ODE sampler"),
+    ("ode steps below 1", sample("model.npz", "--sampler", "heun", "--steps", "0"), USAGE,
+     "argument --steps/--ddim-steps: must be an integer >= 1, got 0"),
+    ("ode sampler of a Sohl-Dickstein chain", sample("sd.npz", "--sampler", "dpm++"), USAGE,
+     "--sampler dpmpp_2m: the ODE samplers need a denoiser"),
+    ("rho without the karras grid", sample("model.npz", "--sampler", "euler", "--rho", "3"), USAGE,
+     "--rho is not used here: it shapes --grid karras"),
+    ("churn without heun", sample("model.npz", "--sampler", "euler", "--s-churn", "1"), USAGE,
+     "--s-churn is not used here"),
+    ("grid without an ode sampler", sample("model.npz", "--grid", "karras"), USAGE, "--grid is not used here"),
+    ("condition method with an ode sampler", sample("model.npz", "--given", "{d}/given.csv", "--sampler", "heun",
+                                                    "--condition", "replace"), USAGE, "drop --condition"),
+    ("ode likelihood of a Sohl-Dickstein chain", evaluate("sd.npz", "8gaussians", "--likelihood", "ode"), USAGE,
+     "--likelihood ode needs a denoiser"),
+    ("probes with the bound", evaluate("model.npz", "8gaussians", "--probes", "2"), USAGE, "--probes is not used"),
+    ("exact with the ode likelihood", evaluate("model.npz", "8gaussians", "--likelihood", "ode", "--exact"), USAGE,
+     "--exact is not used here"),
     ("more ddim steps than T", sample("model.npz", "--sampler", "ddim", "--ddim-steps", "50"), USAGE,
      "more than the model's T = 20"),
     ("cosine without clip", sample("cosine.npz"), USAGE, r"pass --clip-x0 R"),
@@ -232,7 +249,7 @@ CASES = [
     ("unknown condition", sample("model.npz", "--given", "{d}/given.csv", "--condition", "exact"), USAGE,
      "argument --condition: invalid choice: 'exact'"),
     ("given with ddim", sample("model.npz", "--given", "{d}/given.csv", "--sampler", "ddim"), USAGE,
-     "sample with the ancestral sampler; drop --sampler ddim"),
+     "sample with the ancestral sampler or an ODE sampler .*; drop --sampler ddim"),
     ("given beyond the disk", sample("model.npz", "--given", "{d}/given.csv", "--n", str(10**15)), USAGE,
      "more than the .* MB free on its disk"),
     # output paths and sizes

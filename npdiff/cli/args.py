@@ -18,7 +18,7 @@ from npdiff.io import fileio
 from npdiff.diffusion import GUIDANCE_RANGE, OBJECTIVES
 from npdiff.processes.conditioning import METHODS as CONDITIONS
 from npdiff.processes.ddpm import PREDICTIONS, VARIANCES
-from npdiff.processes.sampling import SAMPLERS
+from npdiff.processes.sampling import GRIDS, ODE_SAMPLERS, SAMPLERS
 from npdiff.processes.schedules import SCHEDULES
 
 DEFAULT_CHUNK = 4096  # rows of network input at once in sample/eval: a few MB of activations for the default model
@@ -26,6 +26,18 @@ DEFAULT_CHUNK = 4096  # rows of network input at once in sample/eval: a few MB o
 # flag it would not use
 DEFAULT_TOY_POINTS, DEFAULT_COORD_SCALE, DEFAULT_N_T = 8000, 25.0, 4
 DEFAULT_JUDGE_DIR = os.path.join("out", "image_quality")
+# --sampler's names: the library's, and the issue's spelling dpm++ for DPM-Solver++(2M)
+SAMPLER_ALIASES = {"dpm++": "dpmpp_2m"}
+CLI_SAMPLERS = SAMPLERS + tuple(SAMPLER_ALIASES)
+LIKELIHOODS = ("bound", "ode")
+DEFAULT_GRID, DEFAULT_RHO = "ddim", 7.0
+
+
+def sampler_name(text: str) -> str:
+    """An argparse type: a sampler of ``CLI_SAMPLERS`` as the library names it (dpm++ -> dpmpp_2m)."""
+    if text not in CLI_SAMPLERS:
+        raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {', '.join(CLI_SAMPLERS)})")
+    return SAMPLER_ALIASES.get(text, text)
 
 
 class UsageError(ValueError):
@@ -150,7 +162,8 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="checkpoint path (.npz)")
     t.add_argument("--objective", choices=OBJECTIVES, default="epsilon",
                    help="epsilon: L_simple; hybrid: L_hybrid with a learned-range variance; "
-                        "sohl_dickstein: the bound K (default epsilon)")
+                        "sohl_dickstein: the bound K; flow: flow matching on x_t = (1 - t) x0 + t noise, t = k/T, "
+                        "sampled by the ODE samplers (default epsilon)")
     t.add_argument("--prediction", choices=PREDICTIONS, default="eps",
                    help="what the network predicts with --objective epsilon: eps (DDPM), x0 or v (default eps; "
                         "x0 learns images fastest, docs/images.md)")
@@ -206,6 +219,12 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("data", help=".npy/.csv file of held-out points, a toy set name, or an MNIST-format folder "
                                 "(both splits): then --n samples are scored by FCD, accuracy on their classes and "
                                 "entropy, beside baselines")
+    e.add_argument("--likelihood", choices=LIKELIHOODS, default=None,
+                   help="bound: the variational bound (the default for chains); ode: log p by the probability-flow "
+                        "ODE, the exact trace for D <= 16 (the default, and the only one, for flow models)")
+    e.add_argument("--probes", type=integer(1), default=None, metavar="P",
+                   help="with --likelihood ode: Hutchinson's trace estimate with P Rademacher probes per point "
+                        "(default: the exact trace for D <= 16, 1 probe above)")
     e.add_argument("--exact", action="store_true", help="every t for every point (N·T network calls)")
     e.add_argument("--n-t", type=integer(1), default=None,
                    help=f"Monte-Carlo draws of t per point (default {DEFAULT_N_T}; not with --exact)")
@@ -222,10 +241,21 @@ def parser() -> argparse.ArgumentParser:
         sp.add_argument("--n", type=integer(1), default=None, help=n_help)
         sp.add_argument("--seed", type=integer(0), default=0)
     for sp, images in ((s, ""), (e, "images: ")):
-        sp.add_argument("--sampler", choices=SAMPLERS, default="ancestral",
-                        help=f"{images}ε models only (default ancestral)")
-        sp.add_argument("--ddim-steps", type=integer(1), default=None, help=f"{images}DDIM's number of steps "
-                                                                                  "(default T)")
+        sp.add_argument("--sampler", type=sampler_name, default=None, metavar="|".join(CLI_SAMPLERS),
+                        help=f"{images}ancestral (the chain's own steps; the default), ddim, or a solver of the "
+                             "probability-flow ODE: euler (= DDIM), heun, dpm++ (DPM-Solver++(2M), also dpmpp_2m); "
+                             "a flow model's default is euler (docs/continuous-time.md)")
+        sp.add_argument("--steps", "--ddim-steps", dest="ddim_steps", type=integer(1), default=None,
+                        help=f"{images}steps of ddim and the ODE samplers (default T; heun evaluates the network "
+                             "2·steps − 1 times)" + ("" if images else "; with --likelihood ode, its levels"))
+        sp.add_argument("--grid", choices=GRIDS, default=None,
+                        help=f"{images}the ODE samplers' noise levels: ddim (DDIM's timesteps, the default) or karras "
+                             "(EDM's rho-grid put on the model's levels)")
+        sp.add_argument("--rho", type=number(0, low_open=True), default=None,
+                        help=f"{images}rho of --grid karras (default {DEFAULT_RHO:g}; larger spends more steps at "
+                             "low noise)")
+        sp.add_argument("--s-churn", type=number(0), default=None, metavar="S",
+                        help=f"{images}EDM's S_churn for --sampler heun: noise added before each step (default 0)")
         sp.add_argument("--clip-x0", type=number(0, low_open=True), default=None,
                         help=f"{images}clip x0-hat to [-R, R] (standardised units, R > 0) while sampling an ε model "
                              "(a model of images: default 1, the pixel range)")

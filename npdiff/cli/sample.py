@@ -28,13 +28,14 @@ import numpy as np
 from npdiff import backend, data
 from npdiff.cli import images as cli_images, labels as cli_labels
 from npdiff.io import fileio, streaming
-from npdiff.processes import conditioning, likelihood, sampling
+from npdiff.processes import conditioning, likelihood, ode, ode_likelihood, sampling
 from npdiff.training import checkpoint
-from npdiff.cli.args import (DEFAULT_JUDGE_DIR, DEFAULT_N_T, OBJECTIVES, PREDICTIONS, UsageError, check_distinct,
-                             holding, refuse_unused)
+from npdiff.cli.args import (DEFAULT_GRID, DEFAULT_JUDGE_DIR, DEFAULT_N_T, DEFAULT_RHO, OBJECTIVES, PREDICTIONS,
+                             UsageError, check_distinct, holding, refuse_unused)
 from npdiff.cli.train import load_data
 from npdiff.diffusion import DEFAULT_VARIANCE, check_guidance
 from npdiff.processes.ddpm import EpsilonChain
+from npdiff.processes.flow import FlowDenoiser, FlowTime, FlowVelocity
 from npdiff.io.progress import Progress
 from npdiff.processes.sohl_dickstein import SohlDicksteinChain
 
@@ -78,7 +79,7 @@ def load_trained(path: str):
     if schedule is None:
         raise UsageError(f"{path!r} stores no schedule")
     d = model.config["data_dim"]
-    width = d if meta["objective"] == "epsilon" else 2 * d
+    width = d if meta["objective"] in ("epsilon", "flow") else 2 * d
     if model.config["out_dim"] != width:
         raise UsageError(f"{path!r}: a {meta['objective']} model of {d} dimensions has {width} outputs, "
                          f"this one has {model.config['out_dim']}")
@@ -114,13 +115,17 @@ def check_meta(meta: dict, model, path: str) -> None:
     if k is None and meta.get("labels") is not None:
         raise UsageError(f"{path!r}: the meta says the model was trained on the labels of {meta['labels']!r}, but the "
                          "model has no classes")
-    if k is not None and meta.get("objective") != "epsilon":
-        raise UsageError(f"{path!r}: a class-conditional model must have the epsilon objective, not "
+    if k is not None and meta.get("objective") not in ("epsilon", "flow"):
+        raise UsageError(f"{path!r}: a class-conditional model must have the epsilon or flow objective, not "
                          f"{meta.get('objective')!r}")
 
 
 def variance_of(meta: dict, args) -> str | None:
     objective, chosen = meta["objective"], args.variance
+    if objective == "flow":
+        if chosen is not None:
+            raise UsageError("--variance applies to epsilon and hybrid models; a flow model has no reverse chain")
+        return None
     if objective == "sohl_dickstein":
         if chosen is not None:
             raise UsageError("--variance applies to epsilon and hybrid models; a sohl_dickstein chain learns its own")
@@ -134,6 +139,9 @@ def variance_of(meta: dict, args) -> str | None:
 
 def _max_gain(schedule, args) -> tuple[int, float]:
     """(t, g): the sampling step that amplifies an error of ε_θ most, and by how much."""
+    if args.sampler in sampling.ODE_SAMPLERS:
+        gains = sampling.ode_gains(schedule, args.ddim_steps, args.grid or DEFAULT_GRID, args.rho or DEFAULT_RHO)
+        return max(gains.items(), key=lambda kv: kv[1])
     ts = schedule.reverse_t(args.ddim_steps if args.sampler == "ddim" else None)
     gains = ({t: sampling.ancestral_gain(schedule, t) for t in ts} if args.sampler == "ancestral"
              else {t: sampling.ddim_gain(schedule, t, t_prev) for t, t_prev in zip(ts, ts[1:] + [0])})
@@ -145,6 +153,8 @@ def _chain(model, schedule, meta, variance, clip_x0=None, labels=None, guidance:
     labels (n,): the classes of a class-conditional model's n samples, guided with scale w = ``guidance``."""
     if meta["objective"] == "sohl_dickstein":
         return SohlDicksteinChain(model, schedule)
+    if meta["objective"] == "flow":  # its velocity v_θ(x_t, t) on the levels t = k/T
+        return FlowVelocity(model, FlowTime(schedule.T), labels, guidance)
     clip = None if clip_x0 is None else (-clip_x0, clip_x0)
     return EpsilonChain(model, schedule, variance, clip_x0=clip, max_gain=None,  # the gain is checked up front
                         prediction=meta.get("prediction", "eps"), labels=labels, guidance=guidance)
@@ -157,8 +167,14 @@ def _draw_chunk(model, schedule, meta, args, variance, condition, labels, n: int
     guidance = 0.0 if labels is None else (args.guidance or 0.0)
     chain = _chain(model, schedule, meta, variance, args.clip_x0, None if labels is None else backend.asarray(labels),
                    guidance)
+    options = ode_options(args)
     if condition is None:
-        return sampling.sample(chain, n, rng, sampler=args.sampler, ddim_steps=args.ddim_steps)
+        return sampling.sample(chain, n, rng, sampler=args.sampler, steps=args.ddim_steps, **options)
+    if args.sampler in sampling.ODE_SAMPLERS:  # the ODE's denoiser conditioned (ode.ConditionedDenoiser)
+        m, v = conditioning.factor(model.config["data_dim"], **condition)
+        denoiser = FlowDenoiser(chain) if meta["objective"] == "flow" else ode.ChainDenoiser(chain)
+        return sampling.sample(ode.ConditionedDenoiser(denoiser, m, v), n, rng, sampler=args.sampler,
+                               steps=args.ddim_steps, **options)
     conditioned = conditioning.Conditioned(chain, method=args.condition or "paper", **condition)
     return sampling.sample(conditioned, n, rng, x_T=conditioned.x_T(n, rng))
 
@@ -175,21 +191,65 @@ def _bound_chunk(model, schedule, meta, args, variance, z, rng, log_det: float) 
 
 # ---- sample and eval ---------------------------------------------------------------------------------
 
+def ode_options(args) -> dict:
+    """``sampling.sample``'s grid, ρ and S_churn from --grid, --rho, --s-churn (ODE samplers only)."""
+    if args.sampler not in sampling.ODE_SAMPLERS:
+        return {}
+    options = {"grid": args.grid or DEFAULT_GRID, "rho": args.rho or DEFAULT_RHO}
+    return {**options, "s_churn": args.s_churn} if args.s_churn else options
+
+
+def default_sampler(meta: dict, args) -> None:
+    """--sampler left out: euler for a flow model (it has no chain), ancestral for the others."""
+    if args.sampler is None:
+        args.sampler = "euler" if meta["objective"] == "flow" else "ancestral"
+
+
+def check_ode_flags(args) -> None:
+    """--grid, --rho and --s-churn belong to the ODE samplers (--rho to --grid karras, --s-churn to heun)."""
+    ode_sampler = args.sampler in sampling.ODE_SAMPLERS
+    refuse_unused([("--grid", args.grid is not None and not ode_sampler, "it chooses the ODE samplers' noise "
+                    "levels (--sampler euler, heun or dpm++)"),
+                   ("--rho", args.rho is not None and (args.grid or DEFAULT_GRID) != "karras",
+                    "it shapes --grid karras"),
+                   ("--s-churn", args.s_churn is not None and args.sampler != "heun", "it is EDM's churn of "
+                    "--sampler heun")])
+
+
 def check_sample_flags(meta: dict, args, schedule) -> None:
+    default_sampler(meta, args)
+    check_ode_flags(args)
     if meta["objective"] == "sohl_dickstein":
+        if args.sampler in sampling.ODE_SAMPLERS:
+            raise UsageError(f"--sampler {args.sampler}: the ODE samplers need a denoiser (an epsilon, hybrid or "
+                             "flow model); a sohl_dickstein chain has only its Gaussian kernel: use --sampler "
+                             "ancestral")
         options = (("--sampler ddim", args.sampler == "ddim"), ("--clip-x0", args.clip_x0 is not None),
-                   ("--ddim-steps", args.ddim_steps is not None))
+                   ("--steps", args.ddim_steps is not None))
         given = [flag for flag, on in options if on]
         if given:
             raise UsageError(f"{', '.join(given)}: ε-model options; a sohl_dickstein chain samples with its own "
                              "kernel")
         return
+    if meta["objective"] == "flow":
+        if args.sampler not in sampling.ODE_SAMPLERS:
+            raise UsageError(f"--sampler {args.sampler}: a flow model has no reverse chain; sample it with euler, "
+                             "heun or dpm++")
+        if args.clip_x0 is not None:
+            raise UsageError("--clip-x0 clips an ε-model's x0-hat; a flow model samples its velocity as it is")
+        if args.ddim_steps is not None and args.ddim_steps > schedule.T:
+            raise UsageError(f"--steps {args.ddim_steps} is more than the flow model's T = {schedule.T} levels")
+        if args.sampler == "euler" and (args.grid or DEFAULT_GRID) != "ddim":
+            raise UsageError("--grid karras: Euler on a flow model steps evenly in t from t = 1 (--grid ddim)")
+        return
     if args.sampler == "ancestral" and args.ddim_steps is not None:
-        raise UsageError("--ddim-steps needs --sampler ddim")
-    if args.sampler == "ddim" and args.variance is not None:
-        raise UsageError("--variance applies to the ancestral sampler; DDIM's noise is set by its own formula")
+        raise UsageError("--steps (--ddim-steps) needs --sampler ddim or an ODE sampler (euler, heun, dpm++); "
+                         "ancestral runs all T steps")
+    if args.sampler != "ancestral" and args.variance is not None:
+        raise UsageError(f"--variance applies to the ancestral sampler; --sampler {args.sampler} has no "
+                         "Gaussian step of its own")
     if args.ddim_steps is not None and args.ddim_steps > schedule.T:
-        raise UsageError(f"--ddim-steps {args.ddim_steps} is more than the model's T = {schedule.T}")
+        raise UsageError(f"--steps {args.ddim_steps} is more than the model's T = {schedule.T}")
     t, gain = _max_gain(schedule, args)
     if args.clip_x0 is None and gain > MAX_GAIN:
         raise UsageError(f"this {schedule.config['name']} schedule's sampling step at t={t} multiplies the network's "
@@ -250,7 +310,11 @@ def load_condition(args, d: int, mean: np.ndarray, std: np.ndarray) -> tuple[dic
             raise UsageError("--condition needs --given FILE or --observed FILE --noise-std S")
         return None, None
     if args.sampler == "ddim":
-        raise UsageError("--given/--observed sample with the ancestral sampler; drop --sampler ddim")
+        raise UsageError("--given/--observed sample with the ancestral sampler or an ODE sampler (euler, heun, "
+                         "dpm++); drop --sampler ddim")
+    if args.sampler in sampling.ODE_SAMPLERS and args.condition is not None:
+        raise UsageError("--condition chooses the ancestral chain's r_t; the ODE samplers condition the denoiser "
+                         "itself (ode.ConditionedDenoiser): drop --condition")
     files = [(flag, path) for flag, path in (("--given", args.given), ("--observed", args.observed)) if path]
     for flag, path in files:
         if os.path.isdir(path):
@@ -298,7 +362,7 @@ def draw(model, schedule, meta, args, variance, condition, given, labels, n: int
 def _image_defaults(args, meta, shape) -> None:
     """An ε-model of images clips x̂_0 to the pixel range [−1, 1] unless --clip-x0 says otherwise (as Ho et al.
     2020 do)."""
-    if shape is not None and args.clip_x0 is None and meta["objective"] != "sohl_dickstein":
+    if shape is not None and args.clip_x0 is None and meta["objective"] not in ("sohl_dickstein", "flow"):
         args.clip_x0 = 1.0
 
 
@@ -382,14 +446,24 @@ def cmd_eval(args) -> None:
                    ("--retrain-judge", args.retrain_judge and not images, "the judge scores samples of an image "
                     "folder"),
                    ("--n", args.n is not None and not images and not toy, f"it sets how many points a toy set draws, "
-                    f"and {args.data!r} is a file whose points are all evaluated")])
-    args.n_t = DEFAULT_N_T if args.n_t is None else args.n_t
+                    f"and {args.data!r} is a file whose points are all evaluated"),
+                   ("--likelihood", args.likelihood is not None and images, "the image figure scores samples; the "
+                    "likelihood is of held-out points"),
+                   ("--probes", args.probes is not None and (images or args.likelihood == "bound"), "it sets "
+                    "Hutchinson's trace estimate of --likelihood ode"),
+                   ("--exact", args.exact and args.likelihood == "ode", "--likelihood ode integrates the ODE; "
+                    "--exact runs every t of the bound"),
+                   ("--n-t", args.n_t is not None and args.likelihood == "ode", "--likelihood ode integrates the "
+                    "ODE; --n-t draws t for the bound")])
+    n_t_given, args.n_t = args.n_t is not None, DEFAULT_N_T if args.n_t is None else args.n_t
     if images:
         args.judge_dir = DEFAULT_JUDGE_DIR if args.judge_dir is None else args.judge_dir
         return eval_images(args)
     image_flags = [flag for flag, on in (("--label", args.label is not None), ("--guidance", args.guidance is not None),
-                                         ("--sampler ddim", args.sampler == "ddim"),
-                                         ("--ddim-steps", args.ddim_steps is not None),
+                                         (f"--sampler {args.sampler}", args.sampler is not None),
+                                         ("--steps", args.ddim_steps is not None and args.likelihood == "bound"),
+                                         ("--grid", args.grid is not None), ("--rho", args.rho is not None),
+                                         ("--s-churn", args.s_churn is not None),
                                          ("--clip-x0", args.clip_x0 is not None)) if on]
     if image_flags:
         raise UsageError(f"{', '.join(image_flags)}: options of eval on an image folder (samples scored by the image "
@@ -398,14 +472,18 @@ def cmd_eval(args) -> None:
     model, schedule, meta, mean, std = load_trained(args.checkpoint)
     d = mean.size
     variance = variance_of(meta, args)
+    if args.likelihood is None:
+        args.likelihood = "ode" if meta["objective"] == "flow" else "bound"
+    check_likelihood(meta, args, schedule, n_t_given)
     x = None if args.data in data.TOY_SETS else load_data(args.data, args.n, args.seed)
     if x is not None and x.shape[1] != d:
         raise UsageError(f"{args.data!r} has {x.shape[1]} dimensions; the model was trained on {d}")
     n = args.n if x is None else x.shape[0]
-    reps = schedule.T if args.exact else args.n_t
+    reps = (schedule.T if args.exact else args.n_t) if args.likelihood == "bound" else likelihood_rows(d, args)
     per_chunk = max(1, args.chunk // reps)  # points per chunk: their rows (points × draws of t) fill one chunk
     rng, log_det = np.random.default_rng(args.seed), float(np.log(std).sum())
-    values, gains, method, start = streaming.RunningMean(), streaming.RunningMean(), "", time.perf_counter()
+    values, method, start = streaming.RunningMean(), "", time.perf_counter()
+    gains = streaming.RunningMean() if args.likelihood == "bound" else None  # K − L_null: the bound's
     bar = Progress(n, label="evaluated", unit="points")
     done = 0
     for block in held_out_blocks(args, x):
@@ -415,13 +493,15 @@ def cmd_eval(args) -> None:
             if not np.isfinite(z).all():
                 raise UsageError(f"{args.data!r}: points far outside the training data's range overflow when "
                                  "standardised")
-            bound = _bound_chunk(model, schedule, meta, args, variance, z, rng, log_det)
+            bound = (_bound_chunk(model, schedule, meta, args, variance, z, rng, log_det) if args.likelihood == "bound"
+                     else _ode_chunk(model, schedule, meta, args, variance, z, rng, log_det))
             if not np.isfinite(bound.values).all():
                 raise FloatingPointError(f"the bound is not finite (NaN or inf) for some of points "
                                          f"{done}..{done + len(z) - 1}; they reach {np.abs(z).max():.3g} standard "
                                          "deviations from the training mean")
             values.add(bound.values)
-            gains.add(bound.values - bound.null)
+            if gains is not None:
+                gains.add(bound.values - bound.null)
             method, done = bound.method, done + len(z)
             bar.update(done)
     bar.close()
@@ -458,15 +538,72 @@ def eval_images(args) -> None:
         done += len(x)
         bar.update(done)
     bar.close()
-    sampler = args.sampler + (f" ({args.ddim_steps or schedule.T} steps)" if args.sampler == "ddim" else "")
+    sampler = args.sampler + (f" ({args.ddim_steps or schedule.T} steps)" if args.sampler != "ancestral" else "")
     clip = "" if args.clip_x0 is None else f", x0-hat clipped to ±{args.clip_x0:g}"
     print(f"{n} samples of {args.checkpoint} in {time.perf_counter() - start:.1f} s: {what}; {sampler} sampler{clip}")
     judge.report(np.concatenate(parts), labels, n=n, seed=args.seed, name="npdiff samples")
     commit()  # a newly trained classifier becomes the cache only now, after a successful run
 
 
+def check_likelihood(meta: dict, args, schedule, n_t_given: bool = False) -> None:
+    """--likelihood: the bound needs a chain (not a flow model), the ODE a denoiser (not a sohl_dickstein chain);
+    each refuses the other's flags (a flow model's default is the ODE)."""
+    refuse_unused([("--probes", args.probes is not None and args.likelihood == "bound", "it sets Hutchinson's "
+                    "trace estimate of --likelihood ode"),
+                   ("--steps", args.ddim_steps is not None and args.likelihood == "bound", "it sets the levels of "
+                    "--likelihood ode; the bound runs the whole chain"),
+                   ("--exact", args.exact and args.likelihood == "ode", "the ODE likelihood integrates the ODE; "
+                    "--exact runs every t of the bound"),
+                   ("--n-t", n_t_given and args.likelihood == "ode", "the ODE likelihood integrates the ODE; --n-t "
+                    "draws t for the bound")])
+    if args.likelihood == "bound" and meta["objective"] == "flow":
+        raise UsageError("--likelihood bound: a flow model has no reverse chain, so no variational bound; use "
+                         "--likelihood ode")
+    if args.likelihood == "ode":
+        if meta["objective"] == "sohl_dickstein":
+            raise UsageError("--likelihood ode needs a denoiser (an epsilon, hybrid or flow model); a sohl_dickstein "
+                             "chain's likelihood is its bound K")
+        if args.variance is not None:
+            raise UsageError("--variance sets the bound's reverse steps; the ODE has none: drop it")
+        levels = schedule.T - 1 if meta["objective"] == "flow" else schedule.T
+        if args.ddim_steps is not None and args.ddim_steps > levels:
+            raise UsageError(f"--steps {args.ddim_steps} is more than the model's {levels} levels")
+
+
+def likelihood_rows(d: int, args) -> int:
+    """Network rows per point of one ODE-likelihood evaluation: D for the exact trace, P for Hutchinson's."""
+    exact = args.probes is None and d <= ode_likelihood.EXACT_MAX_DIM
+    return d if exact else (args.probes or 1)
+
+
+def _ode_chunk(model, schedule, meta, args, variance, z, rng, log_det: float):
+    """The ODE log-likelihood of points z (C, D) in standardised coordinates, shifted to data coordinates."""
+    trace = "auto" if args.probes is None else "hutchinson"
+    if meta["objective"] == "flow":
+        velocity = FlowVelocity(model, FlowTime(schedule.T))
+        levels = schedule.T
+        ts = (np.arange(1, levels) if args.ddim_steps is None
+              else np.unique(np.rint(np.linspace(1, levels - 1, args.ddim_steps + 1)))) / levels
+        result = ode_likelihood.flow_log_likelihood(velocity, z, ts, trace=trace, probes=args.probes or 1, rng=rng)
+    else:
+        denoiser = ode.ChainDenoiser(_chain(model, schedule, meta, variance or "fixed_small"))
+        sigmas = ode_likelihood.model_sigmas(denoiser, args.ddim_steps)
+        result = ode_likelihood.ode_log_likelihood(denoiser, z, sigmas, trace=trace, probes=args.probes or 1,
+                                                   rng=rng)
+    result.values = result.values - log_det
+    return result
+
+
 def report(method: str, values, gains, d: int, log_det: float, seconds: float) -> None:
-    """Print the bound in model (standardised) and data coordinates, per point and per dimension."""
+    """Print the bound (or the ODE log-likelihood, ``gains`` None) in model and data coordinates."""
+    if gains is None:
+        data_l, se = values.mean, values.se
+        k = data_l + log_det
+        print(f"{method}: log p = {k:.4f} ± {se:.4f} nats/point ({k / d:.4f} nats/dim, {-k / d / LN2:.4f} bits/dim "
+              f"NLL); N = {values.n}, {seconds:.1f} s")
+        print(f"data coordinates: log-likelihood {data_l:.4f} ± {se:.4f} nats/point, {data_l / d:.4f} nats/dim, "
+              f"{data_l / LN2:.4f} bits/point, {-data_l / d / LN2:.4f} ± {se / d / LN2:.4f} bits/dim NLL")
+        return
     k, se, data_k = values.mean, values.se, values.mean - log_det
     print(f"{method}: K = {k:.4f} ± {se:.4f} nats/point ({k / d:.4f} nats/dim, {k / LN2:.4f} ± {se / LN2:.4f} "
           f"bits/point, {k / d / LN2:.4f} bits/dim); K − L_null = {gains.mean:.4f} ± {gains.se:.4f} nats "

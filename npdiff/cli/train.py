@@ -268,6 +268,7 @@ def _train(args) -> None:
             "data": args.data,
             "data_mean": loaded.mean.tolist(), "data_std": loaded.std.tolist(), "data_fingerprint": data_print,
             "train": {"batch_size": batch_size, "lr": args.lr}}
+    meta.update({k: v for k, v in diffusion.config.items() if k in ("time_distribution", "logit_mean", "logit_std")})
     if loaded.image_shape is not None:
         meta["image_shape"] = list(loaded.image_shape)
     if labels is not None:
@@ -276,7 +277,8 @@ def _train(args) -> None:
                         optimizer=AdamW(model, lr=args.lr, weight_decay=0.0), rng=backend.default_rng(args.seed),
                         lr_schedule=cosine_lr(args.lr, args.steps, warmup=min(100, args.steps // 10)), clip=1.0,
                         ema=EMA(model, args.ema) if args.ema > 0 else None, checkpoint_path=args.out,
-                        checkpoint_every=args.checkpoint_every, resume=ckpt is not None, meta=meta)
+                        checkpoint_every=args.checkpoint_every, resume=ckpt is not None, meta=meta,
+                        schedule=schedule)  # a flow objective has none of its own: T is its levels
     ran = history.steps_run
     last = float(np.mean(history.loss[-min(100, ran):]))
     print(f"trained {ran} steps (steps {history.start_step + 1}–{args.steps}) in {history.seconds:.1f} s; "

@@ -60,18 +60,13 @@ def on_timesteps(denoiser, sigmas) -> np.ndarray:
     return np.append(sorted(set(rounded), reverse=True), 0.0)
 
 
-class ChainDenoiser:
-    """D(y, σ) = x̂_0 of an ε-model chain (``ddpm.EpsilonChain``: ε, x̂_0 or v predictions, labels, guidance,
-    clipping) at its own noise levels σ_t, t = 1..T: x_t = √ᾱ_t y, then the chain's x̂_0 prediction.
+class Levels:
+    """The noise levels σ_t = √((1−ᾱ_t)/ᾱ_t), t = 1..T, of a schedule: where a discrete model is defined.
+    ``round_sigma`` puts a σ on the nearest level (in log σ), as EDM's sampler does for a discrete model."""
 
-    The network takes integer timesteps, so σ must be one of the σ_t (``round_sigma`` finds the nearest,
-    in log σ); a σ between them raises rather than silently using a neighbour.
-    """
-
-    def __init__(self, chain) -> None:
-        self.chain, self.schedule = chain, chain.schedule
-        self.data_dim, self.dtype = chain.data_dim, chain.dtype
-        self.sigmas = chain.schedule.sqrt_recipm1_alpha_bar  # σ_t, (T+1,), increasing, σ_0 = 0
+    def __init__(self, schedule: Schedule) -> None:
+        self.schedule = schedule
+        self.sigmas = schedule.sqrt_recipm1_alpha_bar  # σ_t, (T+1,), increasing, σ_0 = 0
 
     def timestep(self, sigma: float) -> int:
         """The t ≥ 1 whose σ_t is nearest to σ in log σ."""
@@ -86,6 +81,20 @@ class ChainDenoiser:
             raise ValueError(f"sigma={sigma!r} is not a noise level of the model (nearest: sigma_{t} = "
                              f"{self.sigmas[t]!r}); put the grid on the model's levels with on_timesteps")
         return t
+
+
+class ChainDenoiser(Levels):
+    """D(y, σ) = x̂_0 of an ε-model chain (``ddpm.EpsilonChain``: ε, x̂_0 or v predictions, labels, guidance,
+    clipping) at its own noise levels σ_t, t = 1..T: x_t = √ᾱ_t y, then the chain's x̂_0 prediction.
+
+    The network takes integer timesteps, so σ must be one of the σ_t (``round_sigma`` finds the nearest,
+    in log σ); a σ between them raises rather than silently using a neighbour.
+    """
+
+    def __init__(self, chain) -> None:
+        super().__init__(chain.schedule)
+        self.chain = chain
+        self.data_dim, self.dtype = chain.data_dim, chain.dtype
 
     def __call__(self, y, sigma: float):
         """x̂_0 (N, D) at y (N, D) and the noise level σ."""

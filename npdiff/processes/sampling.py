@@ -215,6 +215,19 @@ def ode_grid(denoiser, steps: int | None, grid: str = "ddim", rho: float = 7.0) 
     return ode.on_timesteps(denoiser, ode.karras_sigmas(steps, float(levels[1]), float(levels[-1]), rho))
 
 
+def ode_timesteps(schedule, steps: int | None, grid: str = "ddim", rho: float = 7.0) -> list[int]:
+    """The timesteps T … 1, 0 that ``ode_grid`` visits on a schedule's levels (for the gain check up front)."""
+    levels = ode.Levels(schedule)
+    return [0 if s == 0 else levels.timestep(s) for s in ode_grid(levels, steps, grid, rho)]
+
+
+def ode_gains(schedule, steps: int | None, grid: str = "ddim", rho: float = 7.0) -> dict:
+    """{t: gain}: how much each ODE step from t amplifies an error of ε_θ, as DDIM's step between the same
+    timesteps (Euler is DDIM; the second-order solvers' steps are combinations of such steps)."""
+    ts = ode_timesteps(schedule, steps, grid, rho)
+    return {t: ddim_gain(schedule, t, t_prev) for t, t_prev in zip(ts[:-1], ts[1:])}
+
+
 def flow_sigma_grid(velocity, steps: int | None, grid: str = "ddim", rho: float = 7.0) -> np.ndarray:
     """A flow model's σ = t/(1 − t) grid for the σ-solvers, on its levels t = k/K below t = 1 (σ = ∞): even in t
     ("ddim") or EDM's ρ-grid, then 0."""
@@ -259,7 +272,7 @@ def sample_ode(process, n, rng, solver: str, steps, grid: str, rho: float, x_T, 
         sigmas = ode_grid(base, steps, grid, rho)
         ts = [0 if s == 0 else base.timestep(s) for s in sigmas]
         to_x = lambda sigma, y: y / math.sqrt(1.0 + sigma * sigma)  # noqa: E731
-        check_gain(base.chain, {t: ddim_gain(base.schedule, t, t_prev) for t, t_prev in zip(ts[:-1], ts[1:])})
+        check_gain(base.chain, ode_gains(base.schedule, steps, grid, rho))
     x = _start(denoiser, n, rng, x_T)
     return _run(denoiser, sigmas, ode.prior_std(float(sigmas[0])) * x, rng, solver, churn, record, ts, to_x)
 
