@@ -158,6 +158,7 @@ def one_line(result, status: int, message: str) -> None:
     assert result.returncode == status, result.stderr
     lines = result.stderr.strip().splitlines()
     assert "Traceback" not in result.stderr and lines, result.stderr
+    assert not any(line.startswith("usage:") for line in lines), result.stderr  # no usage block either
     assert [line for line in lines if "error" in line] == lines[-1:], result.stderr
     assert re.search(message, lines[-1]), result.stderr
 
