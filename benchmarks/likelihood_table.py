@@ -10,10 +10,15 @@ cosine-decayed lr, EMA of the weights for evaluation). Each bound is −(L_T + �
 fresh held-out points by Monte Carlo over t with importance sampling (``likelihood.importance_probs``),
 enough points for a standard error ≤ 0.01 nats, and reported in data coordinates (+ Σ log std). The
 data entropy, the floor no model can beat, is computed from the exact density (``likelihood.toy_entropy``).
+With ``--ode``, the ε and hybrid rows (the models with a denoiser) also report their ODE log-likelihood
+(``ode_likelihood.ode_log_likelihood``: the probability-flow ODE from σ_1 with the exact trace, on
+``--ode-steps`` of the model's levels, ``--ode-points`` fresh held-out points): the model's exact likelihood
+of the data blurred by σ_1, not a bound (docs/likelihood.md explains the gap to K).
 
     python benchmarks/likelihood_table.py --dataset 8gaussians --rows eps hybrid sd1000 sd40 --out runs/lik
     python benchmarks/likelihood_table.py --dataset swissroll --steps 40000 --seed 1 --out runs/lik
     python benchmarks/likelihood_table.py --dataset swissroll --rows hybrid --eval-only --out runs/lik
+    python benchmarks/likelihood_table.py --dataset 8gaussians --rows eps hybrid --ode --out runs/lik
     python benchmarks/likelihood_table.py --report --out runs/lik        # prints the markdown table
 
 Each run saves DIR/{dataset}_{row}_{steps}.npz (the trained model, EMA weights included) and one JSON per
@@ -35,7 +40,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from npdiff import data
 from npdiff.nn import optim
-from npdiff.processes import ddpm, hybrid, likelihood, sohl_dickstein as sd
+from npdiff.processes import ddpm, hybrid, likelihood, ode, ode_likelihood, sohl_dickstein as sd
 from npdiff.training import checkpoint, train  # noqa: E402
 from npdiff.processes.ddpm import EpsilonObjective  # noqa: E402
 from npdiff.nn.denoiser import Denoiser  # noqa: E402
@@ -45,7 +50,8 @@ ROWS = ("eps", "hybrid", "sd1000", "sd40")
 LABELS = {"eps/fixed_small": "DDPM ε, σ² = β̃ (fixed)", "eps/fixed_large": "DDPM ε, σ² = β (fixed)",
           "hybrid/learned_range": "ε + learned-range σ² (L_hybrid)",
           "hybrid/fixed_large": "same L_hybrid model, σ² = β", "sd1000/sd": "Sohl-Dickstein chain (K)",
-          "sd40/sd": "Sohl-Dickstein chain (K)"}
+          "sd40/sd": "Sohl-Dickstein chain (K)", "eps/ode": "DDPM ε, ODE log-likelihood (not a bound)",
+          "hybrid/ode": "L_hybrid model, ODE log-likelihood (not a bound)"}
 
 
 def build(row: str, seed: int):
@@ -82,6 +88,15 @@ def evaluate(process, name, mean, std, rng, target_se: float, max_points: int):
     return bound
 
 
+def evaluate_ode(model, s, name, mean, std, rng, n_points: int, steps: int | None):
+    """The ODE log-likelihood of fresh held-out points (exact trace), data coordinates: (nll, se, seconds, sigmas)."""
+    denoiser = ode.ChainDenoiser(ddpm.EpsilonChain(model, s, "fixed_small", max_gain=None))
+    sigmas = ode_likelihood.model_sigmas(denoiser, steps)
+    z = (data.make(name, n_points, rng) - mean) / std
+    result = ode_likelihood.ode_log_likelihood(denoiser, z, sigmas)
+    return -(result.nats - float(np.log(std).sum())), result.se, result.seconds, sigmas
+
+
 def run(args) -> None:
     os.makedirs(args.out, exist_ok=True)
     rng = np.random.default_rng(args.seed)
@@ -105,6 +120,18 @@ def run(args) -> None:
             with open(timing, "w") as f:
                 f.write(f"{train_seconds} {final_loss}")
             ema.swap()  # evaluate the averaged weights
+        if args.ode and row in ("eps", "hybrid"):
+            nll, se, seconds, sigmas = evaluate_ode(model, s, args.dataset, mean, std, rng, args.ode_points,
+                                                    args.ode_steps)
+            result = {"dataset": args.dataset, "row": row, "variance": "ode", "T": s.T, "schedule": s.name,
+                      "train_seconds": train_seconds, "eval_seconds": seconds, "steps": args.steps,
+                      "batch": args.batch_size, "nll": nll, "se": se, "n_points": args.ode_points,
+                      "sigma_min": float(sigmas[0]), "levels": int(sigmas.size), "final_loss": final_loss}
+            with open(f"{stem}_ode.json", "w") as f:
+                json.dump(result, f, indent=1)
+            print(json.dumps(result), flush=True)
+            if args.ode_only:
+                continue
         for variance, proc in processes(row, model, s).items():
             b = evaluate(proc, args.dataset, mean, std, rng, args.target_se, args.max_points)
             result = {"dataset": args.dataset, "row": row, "variance": variance, "T": s.T, "schedule": s.name,
@@ -123,9 +150,10 @@ def report(args) -> None:
         if fname.endswith(".json") and not fname.startswith("entropy"):
             with open(os.path.join(args.out, fname)) as f:
                 rows.append(json.load(f))
-    order = {k: i for i, k in enumerate(["eps/fixed_small", "eps/fixed_large", "hybrid/learned_range",
-                                         "hybrid/fixed_large", "sd1000/sd", "sd40/sd"])}
-    print("| data (entropy, nats) | model | T | −log p bound, nats/point | gap to entropy | training | eval (points) |")
+    order = {k: i for i, k in enumerate(["eps/fixed_small", "eps/fixed_large", "eps/ode", "hybrid/learned_range",
+                                         "hybrid/fixed_large", "hybrid/ode", "sd1000/sd", "sd40/sd"])}
+    print("| data (entropy, nats) | model | T | −log p (bound, or ODE), nats/point | gap to entropy | training "
+          "| eval (points) |")
     print("|---|---|---|---|---|---|---|")
     for name in ("8gaussians", "swissroll"):
         ent_path = os.path.join(args.out, f"entropy_{name}.json")
@@ -154,6 +182,10 @@ def main(argv=None) -> None:
     p.add_argument("--max-points", type=int, default=6_000_000)
     p.add_argument("--eval-only", action="store_true", help="re-evaluate the checkpoints saved in --out")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ode", action="store_true", help="also the ODE log-likelihood of the eps and hybrid rows")
+    p.add_argument("--ode-only", action="store_true", help="with --ode: skip the bounds (already evaluated)")
+    p.add_argument("--ode-points", type=int, default=4000, help="held-out points of the ODE likelihood")
+    p.add_argument("--ode-steps", type=int, default=200, help="levels of the ODE grid (of T)")
     p.add_argument("--out", default="runs/likelihood_table")
     p.add_argument("--report", action="store_true", help="print the markdown table from the saved results")
     args = p.parse_args(argv)

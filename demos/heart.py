@@ -1,6 +1,7 @@
 """Turn noise into a heart: train a DDPM on the seed tutorial's heart curve, sample, score, and draw.
 
     python demos/heart.py [--out DIR] [--quick] [--steps N] [--variance fixed_small|fixed_large] …
+    python demos/heart.py --objective flow [--sampler euler|heun|dpmpp_2m] [--ddim-steps N]   # flow matching
 
 Writes into DIR (default ./out/heart, printed at the end): samples.npy (2000 samples), heart.png (the
 training data beside the samples), loss.png, heart.gif (the forward then the reverse process) and
@@ -31,14 +32,14 @@ from npdiff import EMA, AdamW, Diffusion, backend, cosine_lr, data, metrics
 from npdiff.cli import entry
 from npdiff.io import fileio, threads, viz
 from npdiff.nn.losses import squared_error
-from npdiff.processes import sampling
+from npdiff.processes import flow, sampling
 from npdiff.training import checkpoint
 from npdiff.training.batches import Batches
 from npdiff.training.loop import update
 
 # chosen by measured Chamfer per second on a 2-core CPU (docs/heart.md)
 DEFAULTS = dict(steps=3000, batch_size=512, lr=2e-2, T=200, schedule="linear", variance="fixed_small", hidden=64,
-                n_blocks=1, emb_dim=64, ema=0.0, sampler="ancestral", seed=0)
+                n_blocks=1, emb_dim=64, ema=0.0, sampler="ancestral", seed=0, objective="epsilon")
 QUICK = dict(steps=800)
 CLIP = 1.0  # the gradient's norm is clipped to this, as ``Diffusion.fit`` does by default
 N_SAMPLES, N_CURVE, GIF_FRAMES = 2000, 20_000, 20
@@ -65,13 +66,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--emb-dim", "--emb", type=int, help=f"sinusoidal embedding size (default {DEFAULTS['emb_dim']})")
     p.add_argument("--ema", type=float,
                    help=f"EMA decay of the sampled weights, 0 for none (default {DEFAULTS['ema']})")
-    p.add_argument("--sampler", choices=sampling.SAMPLERS, help="reverse process (default ancestral)")
-    p.add_argument("--ddim-steps", type=int, default=None, help="DDIM's number of steps (default T)")
+    p.add_argument("--objective", choices=("epsilon", "flow"),
+                   help="epsilon: DDPM's Algorithm 1 (the default); flow: flow matching, x_t = (1 - t) x0 + t eps "
+                        "with the target eps - x0, sampled by Euler on dx/dt = v (docs/continuous-time.md)")
+    p.add_argument("--sampler", choices=sampling.SAMPLERS,
+                   help="reverse process: ancestral (the default), ddim, or a probability-flow ODE solver euler, "
+                        "heun, dpmpp_2m (a flow model's default: euler)")
+    p.add_argument("--ddim-steps", type=int, default=None,
+                   help="steps of ddim and the ODE solvers (default T)")
     p.add_argument("--clip-x0", default="auto",
                    help="clip x0-hat to [-R, R] while sampling: a number R, 'none', or 'auto' (the data's range, "
                         "only when the schedule's first step would amplify eps errors more than 10x)")
     p.add_argument("--seed", type=int, help="seed of every random draw (default 0)")
     args = p.parse_args(argv)
+    if args.objective == "flow" and args.sampler is None:
+        args.sampler = "euler"  # a flow model has no chain to run ancestrally
     for key, value in {**DEFAULTS, **(QUICK if args.quick else {})}.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -79,8 +88,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                            positive=("lr",), fractions=("ema",), error=p.error)
     if args.batch_size > data.HEART_TRAIN_SIZE:
         p.error(f"--batch-size must be at most the {data.HEART_TRAIN_SIZE} training points, got {args.batch_size}")
-    if args.ddim_steps is not None and args.sampler != "ddim":
-        p.error("--ddim-steps belongs to --sampler ddim")
+    if args.ddim_steps is not None and args.sampler == "ancestral":
+        p.error("--ddim-steps belongs to --sampler ddim or an ODE solver (euler, heun, dpmpp_2m)")
+    if args.objective == "flow" and args.sampler not in sampling.ODE_SAMPLERS:
+        p.error(f"--sampler {args.sampler}: a flow model samples with an ODE solver ({', '.join(sampling.ODE_SAMPLERS)})")
     if args.clip_x0 not in ("auto", "none") and not _positive(args.clip_x0):
         p.error(f"--clip-x0 must be a number R > 0, 'none' or 'auto', got {args.clip_x0!r}")
     return args
@@ -95,7 +106,12 @@ def _positive(text: str) -> bool:
 
 def make_diffusion(args) -> Diffusion:
     """The ε-model of the seed tutorial's heart, pre-LN blocks, on the chosen schedule (``linear_scaled``:
-    Ho et al.'s β range times 1000/T), with the chosen reverse variance."""
+    Ho et al.'s β range times 1000/T), with the chosen reverse variance; or, with ``--objective flow``, the same
+    network as a flow model on the time levels t = k/T."""
+    if args.objective == "flow":
+        return Diffusion(data_dim=2, objective="flow", T=args.T, hidden=args.hidden, n_blocks=args.n_blocks,
+                         emb_dim=args.emb_dim, coord_scale=25.0, time_scale=1.0, layernorm=True,
+                         final_layernorm=True, seed=args.seed)
     scaled = args.schedule == "linear_scaled"
     return Diffusion(data_dim=2, objective="epsilon", T=args.T, schedule="linear" if scaled else args.schedule,
                      schedule_kwargs={"scale_to_T": True} if scaled else None, variance=args.variance,
@@ -160,6 +176,9 @@ if __name__ == "__main__":
 # repeat: x_0 ~ q(x_0), t ~ U{1..T}, ε ~ N(0, I); a gradient step on ∇_θ ‖ε − ε_θ(√ᾱ_t x_0 + √(1−ᾱ_t) ε, t)‖².
 # `npdiff.fit` runs this same loop (npdiff/training/loop.py) inside the machinery of long runs (NaN rollback,
 # checkpoints, Ctrl-C, progress); tests/test_demo_heart.py holds the two to the same weights, bit for bit.
+# `--objective flow` runs flow matching instead: t ~ U(0, 1) on the levels k/T, x_t = (1 − t) x_0 + t ε, and a
+# gradient step on ‖(ε − x_0) − v_θ(x_t, t)‖² (npdiff/processes/flow.py; tests/test_ode_sampler.py holds it to
+# `Diffusion.fit` with `objective="flow"`).
 
 # %%
 if __name__ == "__main__":
@@ -171,6 +190,17 @@ if __name__ == "__main__":
     t0 = time.perf_counter()
     for step in range(args.steps):
         x0 = batches.next()[0]  # x_0 ~ q(x_0)                                       (B, 2)
+        if args.objective == "flow":
+            t = diffusion.objective.time.sample(len(x0), rng, x0.dtype)  # t ~ U(0, 1) on the levels k/T (B,)
+            noise = rng.standard_normal(x0.shape, dtype=x0.dtype)  # ε ~ N(0, I)    (B, 2)
+            x_t = flow.flow_path(x0, t[:, None], noise)  # (1 − t) x_0 + t ε            (B, 2)
+            model.zero_grad()
+            v_pred = model.forward(x_t, diffusion.objective.time.level(t))  # v_θ(x_t, t), fed k = tT  (B, 2)
+            loss, d_v_pred = squared_error(v_pred, flow.velocity_target(x0, noise))  # mean (v_θ − (ε − x_0))²
+            model.backward(d_v_pred, input_grad=False)  # dL/dθ, added into the model's gradient
+            update(optimizer, lr_at(step), clip=CLIP, ema=ema)
+            losses.append(loss)
+            continue
         t = schedule.sample_t(len(x0), rng)  # t ~ U{1..T}                           (B,)
         noise = rng.standard_normal(x0.shape, dtype=x0.dtype)  # ε ~ N(0, I)        (B, 2)
         x_t = schedule.q_sample(x0, t, noise)  # √ᾱ_t x_0 + √(1−ᾱ_t) ε (Eq. 4)        (B, 2)
@@ -195,16 +225,26 @@ if __name__ == "__main__":
 # x_T ~ N(0, I); for t = T, …, 1: z ~ N(0, I) if t > 1, else z = 0; x_{t−1} = μ_θ(x_t, t) + σ_t z, where
 # μ_θ = (x_t − β_t/√(1−ᾱ_t) ε_θ(x_t, t))/√α_t (Eq. 11) and σ_t² = β̃_t (`--variance fixed_small`) or β_t
 # (`fixed_large`). The reverse kernel `chain.kernel` returns μ_θ and log σ_t²; with `--clip-x0` it forms μ_θ
-# from the clipped x̂_0. `--sampler ddim` takes DDIM's steps instead (`sampling.ddim_step`).
+# from the clipped x̂_0. `--sampler ddim` takes DDIM's steps instead (`sampling.ddim_step`), and `euler`, `heun`,
+# `dpmpp_2m` solve the probability-flow ODE dy/dσ = (y − D(y, σ))/σ (npdiff/processes/ode.py). A flow model
+# (`--objective flow`) has no chain: Euler on dx/dt = v_θ(x, t) from x_1 = ε ~ N(0, I) at t = 1 down to t = 0.
 
 # %%
 if __name__ == "__main__":
     t0 = time.perf_counter()
-    clip = clip_range(args.clip_x0, schedule, args.sampler, x_data)
+    clip = None if args.objective == "flow" else clip_range(args.clip_x0, schedule, args.sampler, x_data)
     chain = diffusion.chain(clip_x0=clip)  # p_θ(x_{t−1}|x_t) with the --variance of the model's bundle
     if ema is not None:
         ema.swap()  # sample from the averaged weights
-    if args.sampler == "ancestral":
+    if args.objective == "flow" and args.sampler == "euler":  # chain: the velocity v_θ(x, t), t on k/T
+        times = flow.flow_time_grid(args.ddim_steps or args.T, chain.time).tolist()  # t = 1 … 0 on the levels
+        x = rng.standard_normal((N_SAMPLES, 2), dtype=chain.dtype)  # x_1 = ε ~ N(0, I)
+        ts, xs = [args.T], [backend.to_numpy(x).copy()]
+        for t, t_next in zip(times[:-1], times[1:]):
+            x = x + (t_next - t) * chain(x, t)  # x_{t'} = x_t + (t' − t) v_θ(x_t, t)
+            ts.append(round(t_next * args.T))
+            xs.append(backend.to_numpy(x).copy())
+    elif args.sampler == "ancestral":
         # refuses a chain whose steps amplify ε_θ's error more than 10× (unclipped cosine: docs/heart.md)
         sampling.check_gain(chain, {t: sampling.ancestral_gain(schedule, t) for t in schedule.reverse_t()})
         x = rng.standard_normal((N_SAMPLES, 2), dtype=chain.dtype)  # x_T ~ N(0, I)
@@ -216,7 +256,7 @@ if __name__ == "__main__":
             ts.append(t - 1)
             xs.append(backend.to_numpy(x).copy())
     else:
-        x, ts, xs = sampling.sample(chain, N_SAMPLES, rng, sampler="ddim", ddim_steps=args.ddim_steps, record=True)
+        x, ts, xs = sampling.sample(chain, N_SAMPLES, rng, sampler=args.sampler, steps=args.ddim_steps, record=True)
     if ema is not None:
         ema.swap()
     samples = backend.to_numpy(x).astype(np.float64)  # (2000, 2)
@@ -252,7 +292,8 @@ if __name__ == "__main__":
     t0 = time.perf_counter()
     shown = np.unique(np.linspace(0, args.T, GIF_FRAMES + 1).round().astype(int))  # t = 0 … T
     gif_noise = np.random.default_rng(args.seed + 2).standard_normal((N_SAMPLES, 2))
-    forward = [(t, schedule.q_sample(x_data[:N_SAMPLES], np.full(N_SAMPLES, t), gif_noise)) for t in shown]
+    forward = [(t, flow.flow_path(x_data[:N_SAMPLES], t / args.T, gif_noise) if args.objective == "flow"
+                else schedule.q_sample(x_data[:N_SAMPLES], np.full(N_SAMPLES, t), gif_noise)) for t in shown]
     picked = np.unique(np.linspace(0, len(ts) - 1, GIF_FRAMES + 1).round().astype(int))  # of the visited t = T … 0
     reverse = [(int(ts[k]), xs[k]) for k in picked]
     with fileio.atomic_path(os.path.join(args.out, "heart.gif")) as path:
