@@ -170,13 +170,13 @@ def main(argv=None) -> list[dict]:
         records = run_heart(args)
         fileio.write_text(os.path.join(args.out, "nfe_heart.json"), json.dumps(records, indent=1))
         figure(os.path.join(args.out, "nfe_heart.png"), records, "chamfer",
-               f"heart: Chamfer of {200 if args.quick else 2000} samples against NFE (grid {args.grid})")
+               f"heart, T = 1000 (ODE grid: {args.grid})")
     else:
         if not args.checkpoint or not args.judge_dir:
             p.error("fashion needs --checkpoint and --judge-dir")
         records = run_fashion(args)
         figure(os.path.join(args.out, f"nfe_fashion{args.tag}.png"), records, "fcd",
-               f"Fashion-MNIST: FCD and accuracy of {args.n} samples at w = {args.guidance:g} against NFE")
+               f"Fashion-MNIST, n = {args.n}, w = {args.guidance:g} (ODE grid: {args.grid})")
     print(f"outputs in {os.path.abspath(args.out)}")
     return records
 

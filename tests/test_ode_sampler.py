@@ -101,6 +101,7 @@ def test_bad_combinations_are_one_line_errors():
              (chain, dict(sampler="euler", steps=41), "more than the model's T = 40"),
              (chain, dict(sampler="euler", s_churn=1.0), "belongs to sampler='heun'"),
              (chain, dict(sampler="euler", grid="edm"), "unknown grid"),
+             (chain, dict(sampler="ddim", grid="karras"), "grid and rho choose the ODE samplers"),
              (chain, dict(sampler="euler", eta=0.5), "eta belongs to the DDIM sampler"),
              (chain, dict(sampler="ancestral", steps=5), "ancestral sampling runs all T steps"),
              (chain, dict(sampler="euler", ddim_steps=5), "ddim_steps and eta belong to the DDIM sampler")]

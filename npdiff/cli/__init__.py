@@ -1,10 +1,11 @@
 """The command line: ``npdiff train | sample | eval`` (also ``python -m npdiff``). Full guide: docs/command-line.md.
 
-    npdiff train DATA --out model.npz [--objective epsilon|hybrid|sohl_dickstein] [--T 1000] [--steps 20000] …
+    npdiff train DATA --out model.npz [--objective epsilon|hybrid|sohl_dickstein|flow] [--T 1000] [--steps 20000] …
                  [--labels y.npy | --label-column NAME] [--num-classes K] [--label-dropout 0.1] [--no-labels]
-    npdiff sample model.npz --n 2000 --out samples.npy|samples.csv|grid.png [--force] [--sampler ancestral|ddim]
+    npdiff sample model.npz --n 2000 --out samples.npy|samples.csv|grid.png [--force]
+                  [--sampler ancestral|ddim|euler|heun|dpm++] [--steps N] [--grid ddim|karras] [--rho 7] [--s-churn S]
                   [--seed 0] [--label K|balanced|none | --labels y.npy] [--guidance W]
-    npdiff eval model.npz HELD_OUT [--exact | --n-t 4]
+    npdiff eval model.npz HELD_OUT [--exact | --n-t 4 | --likelihood ode [--probes P] [--steps N]]
     npdiff eval model.npz IMAGE_FOLDER [--n 500] [--label K|balanced|none] [--guidance W] [--judge-dir DIR]
                 [--retrain-judge]
 

@@ -131,6 +131,9 @@ def sample(process, n: int, rng, *, sampler: str = "ancestral", ddim_steps: int 
         raise TypeError(f"sample() got unexpected keyword arguments {', '.join(unknown)}")
     if churn and sampler != "heun":
         raise ValueError(f"{', '.join(sorted(churn))}: EDM's churn belongs to sampler='heun'")
+    if sampler not in ODE_SAMPLERS and (grid != "ddim" or rho != 7.0):
+        raise ValueError("grid and rho choose the ODE samplers' noise levels; ancestral and DDIM step on the "
+                         "schedule's timesteps")
     if sampler in ODE_SAMPLERS:
         if eta != 0.0:
             raise ValueError("eta belongs to the DDIM sampler; the ODE samplers are deterministic (Heun's "
