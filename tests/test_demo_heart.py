@@ -61,9 +61,10 @@ def test_the_untrained_heart_model_fails_the_demos_quality_bar():
     assert metrics.chamfer(samples, data.heart_curve(20_000)) > 3 * MAX_CHAMFER
 
 
-def library_run(flags):
+def library_run(flags, **sample_kwargs):
     """What the demo's cells compute, through the library: ``Diffusion.fit`` with the demo's optimizer, lr
-    schedule, clipping and EMA, then ``Diffusion.sample`` with the same generator.  -> (diffusion, samples)"""
+    schedule, clipping and EMA, then ``Diffusion.sample(**sample_kwargs)`` with the same generator.
+    -> (diffusion, samples)"""
     args = heart.parse_args(flags)
     diffusion = heart.make_diffusion(args)
     rng = backend.default_rng(args.seed)
@@ -71,7 +72,7 @@ def library_run(flags):
     diffusion.fit(x, args.steps, args.batch_size, rng=rng, optimizer=AdamW(diffusion.model, lr=args.lr),
                   lr_schedule=cosine_lr(args.lr, args.steps, warmup=min(100, args.steps)), clip=heart.CLIP,
                   ema=args.ema or None, progress=False)
-    return diffusion, diffusion.sample(heart.N_SAMPLES, rng=rng)
+    return diffusion, diffusion.sample(heart.N_SAMPLES, rng=rng, **sample_kwargs)
 
 
 def test_the_demos_loops_are_fit_and_sample_to_the_bit_and_the_variance_flag_reaches_the_chain(tmp_path, run_demo):

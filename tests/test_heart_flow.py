@@ -3,30 +3,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 
-from npdiff import AdamW, backend, cosine_lr, data, metrics
+from npdiff import data, metrics
 from npdiff.training import checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("heart_demo", ROOT / "demos" / "heart.py")
-heart = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(heart)
-
-
-def library_run(flags, **sample_kwargs):
-    """The demo's cells through the library (as tests/test_demo_heart.py does for ε).  -> (diffusion, samples)"""
-    args = heart.parse_args(flags)
-    diffusion = heart.make_diffusion(args)
-    rng = backend.default_rng(args.seed)
-    x = data.heart(data.HEART_TRAIN_SIZE, np.random.default_rng(args.seed))
-    diffusion.fit(x, args.steps, args.batch_size, rng=rng, optimizer=AdamW(diffusion.model, lr=args.lr),
-                  lr_schedule=cosine_lr(args.lr, args.steps, warmup=min(100, args.steps)), clip=heart.CLIP,
-                  ema=args.ema or None, progress=False)
-    return diffusion, diffusion.sample(heart.N_SAMPLES, rng=rng, **sample_kwargs)
+from test_demo_heart import heart, library_run  # the demo module and its cells through the library
 
 
 def test_the_flow_demo_is_fit_and_sample_to_the_bit(tmp_path, run_demo):

@@ -35,8 +35,30 @@ from npdiff.processes.sohl_dickstein import BoundObjective, SohlDicksteinChain, 
 LN2 = math.log(2.0)
 
 
+class PerPointNats:
+    """What every likelihood report derives from its per-point values (N,) in nats: n, mean and its standard
+    error. A dataclass that holds ``values`` inherits these."""
+
+    values: np.ndarray
+
+    @property
+    def n(self) -> int:
+        return int(self.values.size)
+
+    @property
+    def nats(self) -> float:
+        """Mean per point, nats, model coordinates (a bound on log p for ``Bound``: K for Sohl-Dickstein)."""
+        return float(self.values.mean())
+
+    @property
+    def se(self) -> float:
+        """Standard error of ``nats``: std of the per-point values / √N (per point; divide by ``dim`` for per
+        dimension)."""
+        return float(self.values.std(ddof=1) / math.sqrt(self.n)) if self.n > 1 else float("nan")
+
+
 @dataclass
-class Bound:
+class Bound(PerPointNats):
     """Per-point lower bounds on log p (nats, model coordinates) and everything reported from them."""
 
     values: np.ndarray  # (N,) per-point bound estimates, nats, model coordinates
@@ -46,20 +68,6 @@ class Bound:
     method: str = ""
     seconds: float = 0.0
     extra: dict = field(default_factory=dict)
-
-    @property
-    def n(self) -> int:
-        return int(self.values.size)
-
-    @property
-    def nats(self) -> float:
-        """Mean bound on log p per point, model coordinates (K for the Sohl-Dickstein chain)."""
-        return float(self.values.mean())
-
-    @property
-    def se(self) -> float:
-        """Standard error of ``nats`` (per point; divide by ``dim`` for per dimension)."""
-        return float(self.values.std(ddof=1) / math.sqrt(self.n)) if self.n > 1 else float("nan")
 
     @property
     def nats_data(self) -> float:

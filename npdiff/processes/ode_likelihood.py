@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from npdiff import backend
+from npdiff.processes.likelihood import PerPointNats
 from npdiff.processes.ode import prior_std
 
 LN2 = math.log(2.0)
@@ -42,27 +43,13 @@ EXACT_MAX_DIM = 16  # up to here the trace is exact: D backward rows per point
 
 
 @dataclass
-class OdeLogLikelihood:
+class OdeLogLikelihood(PerPointNats):
     """Per-point log p_{σ_min}(x_0) in nats (model coordinates), and what is reported from them."""
 
     values: np.ndarray  # (N,) nats per point
     dim: int
     method: str
     seconds: float = 0.0
-
-    @property
-    def n(self) -> int:
-        return int(self.values.size)
-
-    @property
-    def nats(self) -> float:
-        """Mean log-likelihood per point, nats."""
-        return float(self.values.mean())
-
-    @property
-    def se(self) -> float:
-        """Standard error of ``nats``: std of the per-point values / √N."""
-        return float(self.values.std(ddof=1) / math.sqrt(self.n)) if self.n > 1 else float("nan")
 
     @property
     def bits_per_dim(self) -> float:
@@ -102,6 +89,18 @@ def rademacher(shape, rng, dtype="float64"):
     return backend.xp.where(rng.random(shape) < 0.5, -1.0, 1.0).astype(dtype)
 
 
+def trace_probes(trace: str, n: int, d: int, probes: int, rng):
+    """The Hutchinson probes z (N, P, D) for ``trace='hutchinson'`` (or 'auto' above EXACT_MAX_DIM dims);
+    None for the exact trace. Refuses an unknown trace, and Hutchinson without a generator."""
+    if trace == "auto":
+        trace = "exact" if d <= EXACT_MAX_DIM else "hutchinson"
+    if trace not in ("exact", "hutchinson"):
+        raise ValueError(f"trace must be 'exact', 'hutchinson' or 'auto', got {trace!r}")
+    if trace == "hutchinson" and rng is None:
+        raise ValueError("the Hutchinson trace draws probes: pass rng")
+    return rademacher((n, probes, d), rng) if trace == "hutchinson" else None
+
+
 def ode_log_likelihood(denoiser, x0, sigmas, *, trace: str = "auto", probes: int = 1, rng=None,
                        log_prior=None) -> OdeLogLikelihood:
     """log p(x_0) per point by (CoV), Heun on the increasing grid ``sigmas`` (σ_min > 0 … σ_max).
@@ -116,13 +115,7 @@ def ode_log_likelihood(denoiser, x0, sigmas, *, trace: str = "auto", probes: int
         raise ValueError("sigmas must be an increasing grid of at least two levels above 0")
     y = backend.asarray(x0, dtype="float64")
     n, d = y.shape
-    if trace == "auto":
-        trace = "exact" if d <= EXACT_MAX_DIM else "hutchinson"
-    if trace not in ("exact", "hutchinson"):
-        raise ValueError(f"trace must be 'exact', 'hutchinson' or 'auto', got {trace!r}")
-    if trace == "hutchinson" and rng is None:
-        raise ValueError("the Hutchinson trace draws probes: pass rng")
-    z = rademacher((n, probes, d), rng) if trace == "hutchinson" else None
+    z = trace_probes(trace, n, d, probes, rng)
 
     def drift(y, sigma):
         """(f (N, D), div f (N,)) at noise level σ: f = (y − D)/σ, div f = (D − tr J)/σ."""
@@ -160,12 +153,7 @@ def flow_log_likelihood(velocity, x0, ts, *, trace: str = "auto", probes: int = 
         raise ValueError("ts must be an increasing grid of at least two times in (0, 1)")
     x0 = backend.asarray(x0, dtype="float64")
     n, d = x0.shape
-    trace = ("exact" if d <= EXACT_MAX_DIM else "hutchinson") if trace == "auto" else trace
-    if trace not in ("exact", "hutchinson"):
-        raise ValueError(f"trace must be 'exact', 'hutchinson' or 'auto', got {trace!r}")
-    if trace == "hutchinson" and rng is None:
-        raise ValueError("the Hutchinson trace draws probes: pass rng")
-    z = rademacher((n, probes, d), rng) if trace == "hutchinson" else None
+    z = trace_probes(trace, n, d, probes, rng)
 
     def drift(x, t):
         """(v (N, D), div v (N,)) at time t."""
