@@ -155,7 +155,8 @@ def sweep_png(path, by_w: dict, rows: dict, shape, per_class: int = 6) -> str:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    with entry.demo_outputs(args.out, OUTPUTS, force=args.force, command="demos/mnist.py"):
+    with entry.demo_outputs(args.out, OUTPUTS, force=args.force, command="demos/mnist.py",
+                             largest_bytes=64 << 20, total_bytes=128 << 20):  # a 27 MB checkpoint
         return run(args)
 
 

@@ -316,3 +316,29 @@ def test_demo_outputs_holds_the_folder_for_the_run_and_releases_it(tmp_path):
     with entry.demo_outputs(out, ["a.txt"], force=True):
         pass
     assert os.listdir(out) == ["a.txt"]
+
+
+def test_demo_outputs_refuses_a_file_size_limit_or_a_full_disk_before_any_work(tmp_path, monkeypatch):
+    monkeypatch.setattr(entry.streaming, "file_size_limit", lambda: 1 << 20)
+    with pytest.raises(ValueError, match=r"file-size limit \(ulimit -f\) allows 1048576 bytes per file"):
+        with entry.demo_outputs(tmp_path / "o", ["a.txt"], command="demos/x.py", largest_bytes=2 << 20):
+            pytest.fail("the work ran")
+    monkeypatch.setattr(entry.streaming, "file_size_limit", lambda: None)
+    monkeypatch.setattr(entry.streaming, "free_bytes", lambda path: 1000)
+    with pytest.raises(ValueError, match="1000 bytes are free where demos/x.py writes"):
+        with entry.demo_outputs(tmp_path / "o", ["a.txt"], command="demos/x.py"):
+            pytest.fail("the work ran")
+    assert not (tmp_path / ".o.npdiff-lock").exists()  # the lock is released on the refusal
+
+
+def test_a_demo_under_a_small_ulimit_f_stops_in_one_line_before_any_work(tmp_path):
+    import resource
+
+    def small_file_limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+    out = tmp_path / "out"
+    run = subprocess.run([sys.executable, str(ROOT / "demos" / "covariance.py"), "--quick", "--out", str(out)],
+                         capture_output=True, text=True, timeout=120, preexec_fn=small_file_limit)
+    one_line(run, 2, r"file-size limit \(ulimit -f\)")
+    assert os.listdir(out) == []

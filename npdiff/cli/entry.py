@@ -30,7 +30,7 @@ import warnings
 
 from npdiff.cli.args import UsageError, check_distinct, holding
 from npdiff.diffusion import GUIDANCE_RANGE
-from npdiff.io import fileio
+from npdiff.io import fileio, streaming
 from npdiff.training.train import CheckpointWriteError, NonFiniteLossError, TrainingInterrupted
 
 EXIT_FAILURE, EXIT_USAGE = 1, 2
@@ -136,12 +136,18 @@ def demo_out(path) -> str:
     return path
 
 
+DEMO_FILE_BYTES = 4 << 20  # the largest file a 2-D demo writes (a checkpoint or a GIF) is under 1 MB
+DEMO_TOTAL_BYTES = 16 << 20
+
+
 @contextlib.contextmanager
-def demo_outputs(path, names, *, force: bool = False, command: str = "a demo", inputs=()):
+def demo_outputs(path, names, *, force: bool = False, command: str = "a demo", inputs=(),
+                 largest_bytes: int = DEMO_FILE_BYTES, total_bytes: int = DEMO_TOTAL_BYTES):
     """``with demo_outputs(args.out, ["samples.npy", …], force=args.force, command="demos/heart.py"):`` run the
     demo's work with its output folder ``path`` checked (``demo_out``) and held by a lock for the run (a second run
     on it is refused, naming this one); a file ``names`` lists that is there already is refused without ``force``,
-    and one that is an input (``inputs``: (flag, path or None) pairs) always. Yields the folder."""
+    and one that is an input (``inputs``: (flag, path or None) pairs) always; a file-size limit (``ulimit -f``)
+    below ``largest_bytes`` or free space below ``total_bytes`` is refused before any work. Yields the folder."""
     folder = demo_out(path)
     with holding(folder, command):  # taken before the checks: no run can write a name between them and the work
         for name in names:
@@ -150,7 +156,21 @@ def demo_outputs(path, names, *, force: bool = False, command: str = "a demo", i
             if os.path.lexists(out) and not force:
                 raise UsageError(f"--out {path!r} holds {name} already; pass --force to replace it or choose "
                                  "another --out")
+        check_room(os.path.join(folder, "outputs"), largest_bytes, total_bytes, command)
         yield folder
+
+
+def check_room(path, largest_bytes: int, total_bytes: int, command: str) -> None:
+    """A UsageError, before any work, when the file-size limit cannot hold the largest output or the disk of
+    ``path`` cannot hold them all (``streaming.file_size_limit``, ``streaming.free_bytes``)."""
+    cap = streaming.file_size_limit()
+    if cap is not None and cap < largest_bytes:
+        raise UsageError(f"the file-size limit (ulimit -f) allows {cap} bytes per file, and {command} writes files "
+                         f"of up to {largest_bytes} bytes; raise the limit or run elsewhere")
+    free = streaming.free_bytes(path)
+    if free < total_bytes:
+        raise UsageError(f"{free} bytes are free where {command} writes, it needs up to {total_bytes}; free some "
+                         "space or choose another --out")
 
 
 def check_demo_flags(args, *, counts=(), positive=(), fractions=(), guidance=(), error=None) -> None:
