@@ -26,7 +26,7 @@ from __future__ import annotations
 from npdiff import backend
 from npdiff.nn.losses import squared_error
 from npdiff.processes import predictions
-from npdiff.processes.guidance import Guided, drop_labels
+from npdiff.processes.guidance import Guided, forward_dropping_labels
 from npdiff.processes.predictions import PREDICTIONS  # noqa: F401  the command line's choices (npdiff.cli.args)
 from npdiff.processes.schedules import Schedule
 
@@ -101,20 +101,11 @@ class EpsilonObjective:
     def check_model(self, model) -> None:
         check_out_dim(model, self.out_factor, "the ε objective")
 
-    def _forward(self, model, x_t, t, y, rng):
-        """f_θ(x_t, t, y) with y's labels dropped at rate ``label_dropout`` (given draws: t and noise, no rng,
-        keep every label); an unconditional model takes no y."""
-        if y is None:
-            return model.forward(x_t, t)
-        if rng is not None:
-            y = drop_labels(y, self.label_dropout, model.label_emb.null, rng)
-        return model.forward(x_t, t, y)
-
     def loss(self, model, x0, rng=None, *, y=None, t=None, noise=None) -> float:
         """The loss alone (a forward pass, no gradient), as a Python float."""
         self.check_model(model)
         x0, t, noise = draw_inputs(self.schedule, model, x0, rng, t, noise)
-        f_theta = self._forward(model, self.schedule.q_sample(x0, t, noise), t, y, rng)
+        f_theta = forward_dropping_labels(model, self.schedule.q_sample(x0, t, noise), t, y, self.label_dropout, rng)
         return float(self._loss(f_theta, x0, t, noise)[0])
 
     def loss_and_backward(self, model, x0, rng=None, *, y=None, t=None, noise=None):
@@ -126,7 +117,7 @@ class EpsilonObjective:
         self.check_model(model)
         x0, t, noise = draw_inputs(self.schedule, model, x0, rng, t, noise)
         x_t = self.schedule.q_sample(x0, t, noise)  # (N, D)
-        loss, d_f_theta = self._loss(self._forward(model, x_t, t, y, rng), x0, t, noise)
+        loss, d_f_theta = self._loss(forward_dropping_labels(model, x_t, t, y, self.label_dropout, rng), x0, t, noise)
         model.backward(d_f_theta, input_grad=False)  # training needs only dL/dθ
         return loss
 

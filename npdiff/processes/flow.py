@@ -26,8 +26,8 @@ from __future__ import annotations
 import numpy as np
 
 from npdiff import backend
-from npdiff.nn.losses import check_labels
-from npdiff.processes.guidance import drop_labels
+from npdiff.nn.losses import check_labels, squared_error
+from npdiff.processes.guidance import forward_dropping_labels
 from npdiff.processes.ode import network_vjp
 from npdiff.processes.schedules import Schedule, is_host
 
@@ -122,19 +122,12 @@ class FlowObjective:
         noise = rng.standard_normal(x0.shape, dtype=x0.dtype) if noise is None else backend.asarray(noise, x0.dtype)
         return x0, backend.asarray(t, dtype=x0.dtype), k, noise
 
-    def _forward(self, model, x_t, k, y, rng):
-        if y is None:
-            return model.forward(x_t, k)
-        if rng is not None:
-            y = drop_labels(y, self.label_dropout, model.label_emb.null, rng)
-        return model.forward(x_t, k, y)
-
     def loss(self, model, x0, rng=None, *, y=None, t=None, noise=None) -> float:
         """The loss alone (a forward pass, no gradient), as a Python float."""
         self.check_model(model)
         x0, t, k, noise = self._inputs(model, x0, rng, t, noise)
-        diff = self._forward(model, flow_path(x0, t[:, None], noise), k, y, rng) - velocity_target(x0, noise)
-        return float((diff * diff).mean())
+        v_theta = forward_dropping_labels(model, flow_path(x0, t[:, None], noise), k, y, self.label_dropout, rng)
+        return float(squared_error(v_theta, velocity_target(x0, noise))[0])
 
     def loss_and_backward(self, model, x0, rng=None, *, y=None, t=None, noise=None):
         """Forward, L = mean (v_θ − (ε − x_0))², model.backward(dL/dv_θ).  x0 (N, D); t (N,) in (0, 1) on the
@@ -142,9 +135,10 @@ class FlowObjective:
         self.check_model(model)
         x0, t, k, noise = self._inputs(model, x0, rng, t, noise)
         x_t = flow_path(x0, t[:, None], noise)  # (N, D)
-        diff = self._forward(model, x_t, k, y, rng) - velocity_target(x0, noise)  # v_θ − u_t  (N, D)
-        model.backward(diff * (2.0 / diff.size), input_grad=False)  # dL/dv_θ = 2(v_θ − u_t)/(N·D)
-        return (diff * diff).mean()
+        v_theta = forward_dropping_labels(model, x_t, k, y, self.label_dropout, rng)  # (N, D)
+        loss, d_v_theta = squared_error(v_theta, velocity_target(x0, noise))  # dL/dv_θ = 2(v_θ − u_t)/(N·D)
+        model.backward(d_v_theta, input_grad=False)
+        return loss
 
 
 class FlowVelocity:

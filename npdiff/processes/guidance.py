@@ -52,6 +52,16 @@ def drop_labels(y, p: float, null: int, rng):
     return backend.xp.where(u < p, null, y)
 
 
+def forward_dropping_labels(model, x_t, t, y, p: float, rng):
+    """f_θ(x_t, t, y) for training with classifier-free guidance: y's labels dropped at rate p (``drop_labels``);
+    given draws (no rng) keep every label, and an unconditional model (y None) takes no y.  -> (N, out)"""
+    if y is None:
+        return model.forward(x_t, t)
+    if rng is not None:
+        y = drop_labels(y, p, model.label_emb.null, rng)
+    return model.forward(x_t, t, y)
+
+
 def guide(f_c, f_u, w: float):
     """f̃ = (1 + w) f_c − w f_u: the guided prediction from the conditional and unconditional ones.  -> (N, D)"""
     return (1.0 + w) * f_c - w * f_u

@@ -101,6 +101,21 @@ def trace_probes(trace: str, n: int, d: int, probes: int, rng):
     return rademacher((n, probes, d), rng) if trace == "hutchinson" else None
 
 
+def heun_with_divergence(drift, x, grid: list[float]):
+    """Integrate dx/ds = f(x, s) and ∫ div f ds together over the increasing ``grid`` by Heun's method (a
+    trapezoid for both); drift(x, s) -> (f (N, D), div f (N,)).  -> (x at the grid's end, the integral (N,))"""
+    integral = backend.xp.zeros(x.shape[0])
+    f, div = drift(x, grid[0])
+    for s, s_next in zip(grid[:-1], grid[1:]):
+        h = s_next - s
+        f_next, div_next = drift(x + h * f, s_next)  # the slope at the Euler predictor
+        x = x + 0.5 * h * (f + f_next)
+        integral = integral + 0.5 * h * (div + div_next)
+        if s_next != grid[-1]:
+            f, div = drift(x, s_next)
+    return x, integral
+
+
 def ode_log_likelihood(denoiser, x0, sigmas, *, trace: str = "auto", probes: int = 1, rng=None,
                        log_prior=None) -> OdeLogLikelihood:
     """log p(x_0) per point by (CoV), Heun on the increasing grid ``sigmas`` (σ_min > 0 … σ_max).
@@ -122,15 +137,7 @@ def ode_log_likelihood(denoiser, x0, sigmas, *, trace: str = "auto", probes: int
         tr = trace_exact(denoiser, y, sigma) if z is None else trace_hutchinson(denoiser, y, sigma, z)
         return (y - denoiser(y, sigma)) / sigma, (d - tr) / sigma
 
-    integral = backend.xp.zeros(n)  # ∫ div f dσ so far
-    f, div = drift(y, sigmas[0])
-    for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
-        h = sigma_next - sigma
-        f_next, div_next = drift(y + h * f, sigma_next)  # the slope at the Euler predictor
-        y = y + 0.5 * h * (f + f_next)
-        integral = integral + 0.5 * h * (div + div_next)
-        if sigma_next != sigmas[-1]:
-            f, div = drift(y, sigma_next)
+    y, integral = heun_with_divergence(drift, y, [float(s) for s in sigmas])  # y(σ_max), ∫ div f dσ
     sigma_max = float(sigmas[-1])
     if log_prior is None:
         var = prior_std(sigma_max) ** 2
@@ -162,15 +169,7 @@ def flow_log_likelihood(velocity, x0, ts, *, trace: str = "auto", probes: int = 
 
     times = [float(t) for t in ts]
     x = (1.0 - times[0]) * x0  # x_{t_min} of the point y = x_0 at σ_min
-    integral = backend.xp.zeros(n)  # ∫ div v dt so far
-    f, div = drift(x, times[0])
-    for t, t_next in zip(times[:-1], times[1:]):
-        h = t_next - t
-        f_next, div_next = drift(x + h * f, t_next)
-        x = x + 0.5 * h * (f + f_next)
-        integral = integral + 0.5 * h * (div + div_next)
-        if t_next != times[-1]:
-            f, div = drift(x, t_next)
+    x, integral = heun_with_divergence(drift, x, times)  # x(t_max), ∫ div v dt
     var = (1.0 - times[-1]) ** 2 + times[-1] ** 2
     prior = -0.5 * ((x * x).sum(axis=1) / var + d * math.log(2 * math.pi * var))
     values = backend.to_numpy(prior + integral) + d * math.log(1.0 - times[0])
