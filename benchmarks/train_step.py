@@ -69,6 +69,7 @@ LR = 1e-3
 # wall clock by default; ``--clock cpu`` (with ``--threads 1``) counts only this thread's CPU time, which
 # other processes competing for the cores do not inflate
 CLOCK = [time.perf_counter]
+OPTIMIZER_PART = "clipping's scale, AdamW and the EMA (one pass)"
 
 
 def sync() -> None:
@@ -211,7 +212,8 @@ def npdiff_parts(npd: NpdiffDDPM, batches: list, n_steps: int) -> dict:
         return wrapped
 
     pieces = [(model, "zero_grad", "zero_grad"), (model, "forward", "forward"), (model, "backward", "backward"),
-              (npd.opt, "step", "optimizer")] + ([(npd.ema, "update", "EMA")] if npd.ema is not None else [])
+              (npd.opt, "step", "optimizer")]  # the step takes clipping's scale and the EMA in the optimizer's pass
+    spare = None if npd.ema is None else npd.ema.shadow.copy()  # the EMA as a pass of its own, timed beside
     for obj, attr, name in pieces:
         setattr(obj, attr, timer(name, getattr(obj, attr)))
     rows = []
@@ -222,6 +224,9 @@ def npdiff_parts(npd: NpdiffDDPM, batches: list, n_steps: int) -> dict:
             g = npd.opt.grads
             norm_s = timed(lambda: clip_grad_norm(g, float("inf"), grad_norm(g)))
             floor = {name: timed(f) for name, f in floors.items()}
+            if spare is not None:
+                spent["EMA_alone"] = timed(primitives.blockwise, lambda a, p, scratch: EMA.average(a, p, 0.999, scratch), spare,
+                                           npd.opt.params)
             if k >= 10:
                 rows.append(dict(spent, total=total, norm=norm_s, **{f"{k_}_products": v for k_, v in floor.items()}))
     finally:
@@ -232,11 +237,12 @@ def npdiff_parts(npd: NpdiffDDPM, batches: list, n_steps: int) -> dict:
              "elementwise forward": med["forward"] - med["forward_products"],
              "elementwise backward": med["backward"] - med["backward_products"],
              "inputs and loss (the rest)": med["total"] - med["forward"] - med["backward"] - med["zero_grad"]
-             - med["optimizer"] - med.get("EMA", 0.0) - med["norm"],
-             "zero_grad": med["zero_grad"], "‖g‖ and clipping": med["norm"], "optimizer (AdamW)": med["optimizer"]}
-    if "EMA" in med:
-        parts["EMA"] = med["EMA"]
+             - med["optimizer"] - med["norm"],
+             "zero_grad": med["zero_grad"], "‖g‖": med["norm"],
+             OPTIMIZER_PART if npd.ema is not None else "clipping's scale and AdamW": med["optimizer"]}
     parts["step (sum)"] = med["total"]
+    if "EMA_alone" in med:  # not a part of the step: what the EMA costs as a separate pass (as before the fusion)
+        parts["beside: the EMA as a pass of its own"] = med["EMA_alone"]
     return parts
 
 
@@ -441,7 +447,8 @@ def report(r: dict) -> None:
         parts = r["parts_ms"]
         step = parts["step (sum)"]
         print("  npdiff step by part (medians, ms): " + "; ".join(
-            f"{k} {v:.3f}" + ("" if k == "step (sum)" else f" ({100 * v / step:.0f} %)") for k, v in parts.items()))
+            f"{k} {v:.3f}" + ("" if k == "step (sum)" or k.startswith("beside") else f" ({100 * v / step:.0f} %)")
+            for k, v in parts.items()))
     if "torch_parts_ms" in r:
         print("  PyTorch step by part (medians, ms): " + "; ".join(f"{k} {v:.3f}" for k, v in r["torch_parts_ms"].items()))
     if "npdiff_images_per_s" in r:

@@ -8,7 +8,9 @@ import pytest
 from npdiff.nn.flat import flatten
 from npdiff.nn.layers import Linear
 from npdiff.nn.denoiser import Denoiser
-from npdiff.nn.optim import EMA, Adam, AdamW, clip_grad_norm, constant_lr, cosine_lr, linear_decay_lr
+from npdiff.nn import primitives
+from npdiff.nn.optim import (EMA, Adam, AdamW, clip_factor, clip_grad_norm, constant_lr, cosine_lr,
+                               linear_decay_lr)
 
 
 def toy(W=0.3, b=-0.2):
@@ -200,6 +202,48 @@ def test_clip_grad_norm_acts_in_place_on_the_model_gradients():
     set_grads(lin, 30.0, 40.0)
     assert clip_grad_norm(lin.flat_grads, 0.5) == 50.0
     assert lin.grads["W"][0, 0] == pytest.approx(30.0 * 0.5 / (50.0 + 1e-6), rel=1e-14)
+
+
+@pytest.mark.parametrize("max_norm, norm", [(1.0, 5.0), (1.0, 0.5), (2.0, 2.0)])
+def test_clip_factor_is_clip_grad_norms_scale_and_none_at_or_below_max_norm(max_norm, norm):
+    factor = clip_factor(norm, max_norm, np.float32)
+    if norm <= max_norm:
+        assert factor is None
+    else:
+        assert factor.dtype == np.float32 and factor == np.float32(max_norm / (norm + 1e-6))
+    device = clip_factor(np.asarray(norm), max_norm, np.float32)  # a 0-d array, as on a device: no read-back
+    assert device.shape == () and device == (1 if factor is None else factor)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("size", [7, 3 * primitives.BLOCK + 5])  # one call, and block by block
+@pytest.mark.parametrize("clip", [None, 0.9])
+def test_the_fused_step_is_clip_then_adamw_then_ema_to_the_bit(dtype, size, clip):
+    """step(lr, grad_scale=c, ema=ema) (the training loop's one pass) equals g ← c·g, step(lr), ema.update()."""
+    runs = []
+    for fused in (False, True):
+        lin = Linear(size, 1, np.random.default_rng(12), dtype)
+        flatten(lin)
+        opt, ema = AdamW(lin, lr=0.01, weight_decay=0.1), EMA(lin, decay=0.9)
+        for step in range(3):
+            opt.grads[...] = np.random.default_rng(step).standard_normal(opt.grads.shape)
+            c = None if clip is None else clip_factor(float(np.linalg.norm(opt.grads)) / 30, clip, opt.grads.dtype)
+            if fused:
+                opt.step(0.02, grad_scale=c, ema=ema)
+            else:
+                if c is not None:
+                    opt.grads *= c
+                opt.step(0.02)
+                ema.update()
+        runs.append((opt.params.copy(), opt.m.copy(), opt.v.copy(), ema.shadow.copy(), opt.grads.copy(), ema.updates))
+    for separate, fused in zip(*runs):
+        np.testing.assert_array_equal(fused, separate)
+
+
+def test_the_fused_step_refuses_an_ema_of_another_model():
+    opt, other = AdamW(toy(W=1.0, b=-2.0)), EMA(toy(W=1.0, b=-2.0))
+    with pytest.raises(ValueError, match="another model"):
+        opt.step(ema=other)
 
 
 # --- learning-rate schedules --------------------------------------------------------------------

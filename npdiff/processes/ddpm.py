@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from npdiff import backend
 from npdiff.nn.losses import squared_error
+from npdiff.nn.primitives import standard_normal
 from npdiff.processes import predictions
 from npdiff.processes.guidance import Guided, forward_dropping_labels
 from npdiff.processes.predictions import PREDICTIONS  # noqa: F401  the command line's choices (npdiff.cli.args)
@@ -50,7 +51,7 @@ def draw_inputs(schedule: Schedule, model, x0, rng, t=None, noise=None, first: i
     if t is None:
         t = schedule.sample_t(x0.shape[0], rng, first)
     if noise is None:
-        noise = rng.standard_normal(x0.shape, dtype=x0.dtype)
+        noise = standard_normal(rng, x0.shape, dtype=x0.dtype)  # ε ~ N(0, I)
     return x0, schedule.as_timesteps(t), backend.asarray(noise, dtype=x0.dtype)  # a given t is checked first
 
 

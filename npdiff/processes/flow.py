@@ -27,6 +27,7 @@ import numpy as np
 
 from npdiff import backend
 from npdiff.nn.losses import check_labels, squared_error
+from npdiff.nn.primitives import standard_normal
 from npdiff.processes.guidance import forward_dropping_labels
 from npdiff.processes.ode import network_vjp
 from npdiff.processes.schedules import Schedule, is_host
@@ -119,7 +120,7 @@ class FlowObjective:
         if t is None:
             t = self.time.sample(x0.shape[0], rng, x0.dtype)
         k = backend.asarray(self.time.level(t))  # a given host t is checked first
-        noise = rng.standard_normal(x0.shape, dtype=x0.dtype) if noise is None else backend.asarray(noise, x0.dtype)
+        noise = standard_normal(rng, x0.shape, dtype=x0.dtype) if noise is None else backend.asarray(noise, x0.dtype)
         return x0, backend.asarray(t, dtype=x0.dtype), k, noise
 
     def loss(self, model, x0, rng=None, *, y=None, t=None, noise=None) -> float:

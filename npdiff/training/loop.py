@@ -20,7 +20,7 @@ progress); ``demos/heart.py`` writes the same loop out with the ε objective's o
 
 from __future__ import annotations
 
-from npdiff.nn.optim import clip_grad_norm, grad_norm
+from npdiff.nn.optim import clip_factor, grad_norm
 
 
 def update(optimizer, lr: float | None, *, clip: float | None = None, ema=None, norm=None):
@@ -28,11 +28,9 @@ def update(optimizer, lr: float | None, *, clip: float | None = None, ema=None, 
     optimizer step with learning rate ``lr`` (None: the optimizer's own), then update the ``ema``.
     norm: ‖g‖₂ if the caller has it already.  Returns ‖g‖₂ before clipping, a 0-d backend array."""
     norm = grad_norm(optimizer.grads) if norm is None else norm
-    if clip is not None:
-        clip_grad_norm(optimizer.grads, clip, norm)
-    optimizer.step(lr)
-    if ema is not None:
-        ema.update()
+    c = None if clip is None else clip_factor(norm, clip, optimizer.grads.dtype)  # g ← c·g when ‖g‖ > clip
+    # g ← c·g, the optimizer step, then θ̄ ← d θ̄ + (1 − d) θ: one pass over the flat buffers, block by block
+    optimizer.step(lr, grad_scale=c, ema=ema)
     return norm
 
 
