@@ -199,12 +199,55 @@ def test_both_routes_give_the_same_outputs_and_gradients(t):
         np.testing.assert_allclose(per_step, per_row, rtol=1e-12, atol=1e-13)
 
 
+@pytest.mark.parametrize("per_timestep", [False, True], ids=["timesteps per row", "per timestep"])
+@pytest.mark.parametrize("embed_coords", [True, False])
+def test_shared_rows_gradients_match_finite_differences(embed_coords, per_timestep):
+    """x_rows (the guided pass's [x_t; x_t]): every parameter and x_t through L = mean((f − target)²), the
+    input skip and the labels included, on both routes of the timestep half."""
+    d = 2 if embed_coords else 5
+    model = Denoiser(d, out_dim=2 * d, embed_coords=embed_coords, layernorm=True, num_classes=3, input_skip=True,
+                     seed=8, **TINY)
+    first = model.inp.layers[0]
+    rng = np.random.default_rng(9)
+    x, x_rows = rng.standard_normal((4, d)), np.array([0, 1, 2, 3, 2, 0, 1, 3, 3])  # row 3 read three times
+    t, y = rng.choice([3, 40], size=9), rng.integers(0, 4, size=9)  # two timesteps: ≤ N/4, groupable
+    target = rng.standard_normal((9, 2 * d))
+    model.zero_grad()
+    f = model.forward(x, t, y, x_rows=x_rows)
+    np.testing.assert_allclose(f, model.forward(x[x_rows], t, y), rtol=1e-12, atol=1e-13)  # the gathered rows
+    if per_timestep:
+        first.GROUP_MIN_ROWS = 1
+        assert first.timestep_groups(t) is not None
+    model.zero_grad()
+    dx = model.backward(2 * (model.forward(x, t, y, x_rows=x_rows) - target) / f.size)
+    analytic = {name: g.copy() for name, g in model.gradients().items()}
+    arrays = dict(model.parameters())
+    arrays["x"], analytic["x"] = x, dx
+
+    def loss():
+        return float(((model.forward(x, t, y, x_rows=x_rows) - target) ** 2).mean())
+
+    assert_all_close(model, gradcheck.check(loss, arrays, analytic))
+
+
+def test_shared_rows_are_checked_in_one_line():
+    model = Denoiser(2, num_classes=3, **TINY)
+    x, t = np.zeros((3, 2)), np.full(4, 5)
+    with pytest.raises(ValueError, match="index the 3 rows"):
+        model.forward(x, t, x_rows=np.array([0, 1, 2, 3]))
+    with pytest.raises(ValueError, match="integer rows"):
+        model.forward(x, t, x_rows=np.array([0.0, 1.0, 2.0, 0.0]))
+    with pytest.raises(ValueError, match=r"t must have shape \(4,\)"):
+        model.forward(x, t[:3], x_rows=np.array([0, 1, 2, 0]))
+
+
 def test_the_default_route_depends_on_batch_size_and_repeated_timesteps():
     first = Denoiser(2, hidden=8, n_blocks=1, emb_dim=4).inp.layers[0]
-    assert first.timestep_groups(np.full(511, 3)) is None  # below GROUP_MIN_ROWS: per row
-    assert first.timestep_groups(np.full(512, 3)) is not None  # a sampling step: one t for all rows
+    assert first.timestep_groups(np.full(127, 3)) is None  # below GROUP_MIN_ROWS: per row
+    assert first.timestep_groups(np.full(128, 3)) is not None  # a sampling step: one t for all rows
     assert first.timestep_groups(np.arange(512) % 128) is not None  # 128 = N/4 distinct
     assert first.timestep_groups(np.arange(512) % 129) is None  # more than N/4 distinct
+    assert first.timestep_groups(np.arange(128) % 33) is None  # a training batch: most timesteps distinct
     assert first.timestep_groups(np.full(4, 3), per_timestep=True) is not None
     assert first.timestep_groups(np.full(600, 3), per_timestep=False) is None
 

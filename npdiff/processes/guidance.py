@@ -30,6 +30,7 @@ import numpy as np
 
 from npdiff import backend
 from npdiff.nn.losses import check_labels
+from npdiff.nn.denoiser import Denoiser
 
 
 def sample_labels(labels, n: int, n_classes: int):
@@ -71,7 +72,7 @@ class Guided:
     """A class-conditional model asked about fixed labels, with classifier-free guidance of scale w.
 
     ``forward(x_t, t)`` -> (N, O): the guided prediction f̃ = (1 + w) f_c − w f_∅ in the first D outputs, from
-    one forward pass of 2N rows [x_t; x_t] labelled [y; ∅]; further outputs (a learned variance half) are the
+    one forward pass of 2N rows [x_t; x_t] labelled [y; ∅] (read as shared rows, ``Denoiser.forward``); further outputs (a learned variance half) are the
     conditional model's. w = 0 is the conditional model alone, one pass of N rows.
     model: a Denoiser(num_classes=K); labels: the class of each of the N samples (N,), checked here.
     """
@@ -90,8 +91,12 @@ class Guided:
         if self.w == 0:
             return self.model.forward(x_t, t, self.labels)
         null = xp.full(n, self.model.label_emb.null, dtype="int64")  # ∅
-        both = self.model.forward(xp.concatenate([x_t, x_t]), xp.concatenate([t, t]),
-                                  xp.concatenate([self.labels, null]))  # [f_c; f_∅]  (2N, O)
+        t2, y2 = xp.concatenate([t, t]), xp.concatenate([self.labels, null])
+        if isinstance(self.model, Denoiser):  # [x_t; x_t] as shared rows: its product with x_t is computed once
+            rows = xp.arange(n)
+            both = self.model.forward(x_t, t2, y2, x_rows=xp.concatenate([rows, rows]))  # [f_c; f_∅]  (2N, O)
+        else:  # any model with forward(x, t, y) (the exact oracles)
+            both = self.model.forward(xp.concatenate([x_t, x_t]), t2, y2)
         out = both[:n].copy()  # conditional: its variance half is the one used
         out[:, :d] = guide(both[:n, :d], both[n:, :d], self.w)
         return out
