@@ -107,15 +107,15 @@ def test_guided_chain_is_the_batched_form_of_two_passes(prediction):
 def test_guided_model_is_the_guided_formula_from_one_pass_of_2n_rows(w):
     """Guided(model, y, w).forward is (1 + w) f_c − w f_∅ on the D prediction outputs, written out from two
     separate passes, with the conditional model's variance half; one pass of 2N rows (N at w = 0)."""
-    model = Denoiser(2, out_dim=4, num_classes=3, **TINY)
+    model = Denoiser(2, out_dim=4, num_classes=3, input_skip=True, **TINY)  # the skip is affine too
     rng = np.random.default_rng(3)
     x_t, t, y = rng.standard_normal((4, 2)), np.array([3, 10, 30, 50]), np.array([0, 1, 2, 1])
     f_c, f_u = model.forward(x_t, t, y), model.forward(x_t, t)  # no label: the null label ∅
     rows = []
-    forward = model.forward
-    model.forward = lambda *a, **k: rows.append(a[1].shape[0]) or forward(*a, **k)  # the rows: those of t
+    features = model.features
+    model.features = lambda *a, **k: rows.append(a[1].shape[0]) or features(*a, **k)  # the rows: those of t
     out = guidance.Guided(model, y, w).forward(x_t, t)
-    assert rows == [4 if w == 0 else 8]
+    assert rows == [4 if w == 0 else 8]  # one pass through the network (its output layer on N rows)
     np.testing.assert_allclose(out[:, :2], (1 + w) * f_c[:, :2] - w * f_u[:, :2], rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(out[:, 2:], f_c[:, 2:], rtol=1e-12, atol=1e-14)  # shared rows: rounding may differ
     with pytest.raises(ValueError, match="4 labels for 3 samples"):
@@ -222,8 +222,8 @@ def test_guidance_sharpens_class_conditional_samples(trained_labelled, sampler):
 def test_guided_sampling_runs_one_forward_pass_per_step(trained_labelled, monkeypatch):
     calls = []
     model = trained_labelled.model
-    forward = model.forward
-    monkeypatch.setattr(model, "forward", lambda *a, **k: calls.append((a[0].shape[0], a[1].shape[0])) or forward(*a, **k))
+    features = model.features
+    monkeypatch.setattr(model, "features", lambda *a, **k: calls.append((a[0].shape[0], a[1].shape[0])) or features(*a, **k))
     chain = trained_labelled.chain(labels=np.zeros(7, dtype=int), guidance=1.0)
     sampling.sample(chain, 7, np.random.default_rng(0))
     assert calls == [(7, 14)] * 50  # 2N rows reading the N samples (shared rows), once per step

@@ -222,6 +222,10 @@ class Denoiser(Module):
         with x_t once per row of x_t (``EmbeddingLinear``): the guided pass reads each x_t twice, at the cost of
         one. The output equals that of ``forward(x_t[x_rows], t, y)`` up to rounding.
         """
+        return self.head(self.features(x_t, t, y, x_rows), x_t, x_rows)  # (M, O)
+
+    def features(self, x_t, t, y=None, x_rows=None):
+        """h (M, H): the network up to its output layer (the final LayerNorm included); ``forward``'s arguments."""
         if x_t.ndim != 2 or x_t.shape[1] != self.config["data_dim"]:
             raise ValueError(f"x_t must have shape (N, {self.config['data_dim']}), got {tuple(x_t.shape)}")
         m = x_t.shape[0] if x_rows is None else self._check_rows(x_rows, x_t.shape[0])
@@ -236,12 +240,18 @@ class Denoiser(Module):
         elif y is not None:
             raise ValueError("this denoiser has no class labels (num_classes=None); do not pass y")
         h = self.blocks.forward(act.forward(z))
-        if self.norm is not None:
-            h = self.norm.forward(h)
+        return h if self.norm is None else self.norm.forward(h)  # (M, H)
+
+    def head(self, h, x_t, x_rows=None):
+        """f = Linear(h) (+ Linear_skip(x_t)[x_rows] with ``input_skip``): the output layer on the features h (M, H).
+
+        An affine map of h: the guided prediction (1 + w) f(h_c) − w f(h_∅) is f((1 + w) h_c − w h_∅), one output
+        layer of N rows where the guided pass has 2N (``guidance.Guided``).  -> (M, O)
+        """
         f = self.out.forward(h)  # (M, O)
         if self.skip is None:
             return f
-        skip = self.skip.forward(x_t)  # (N, O)
+        skip = self.skip.forward(x_t.astype(self.dtype, copy=False))  # (N, O)
         return f + _gather(skip, x_rows)
 
     @staticmethod

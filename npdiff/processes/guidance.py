@@ -92,11 +92,16 @@ class Guided:
             return self.model.forward(x_t, t, self.labels)
         null = xp.full(n, self.model.label_emb.null, dtype="int64")  # ∅
         t2, y2 = xp.concatenate([t, t]), xp.concatenate([self.labels, null])
-        if isinstance(self.model, Denoiser):  # [x_t; x_t] as shared rows: its product with x_t is computed once
+        if isinstance(self.model, Denoiser):
+            # [x_t; x_t] as shared rows (the first product with x_t is computed once), and guidance taken on the
+            # features: the output layer is affine, so (1 + w) f_c − w f_∅ = head((1 + w) h_c − w h_∅), N rows
             rows = xp.arange(n)
-            both = self.model.forward(x_t, t2, y2, x_rows=xp.concatenate([rows, rows]))  # [f_c; f_∅]  (2N, O)
-        else:  # any model with forward(x, t, y) (the exact oracles)
-            both = self.model.forward(xp.concatenate([x_t, x_t]), t2, y2)
+            h = self.model.features(x_t, t2, y2, x_rows=xp.concatenate([rows, rows]))  # [h_c; h_∅]  (2N, H)
+            out = self.model.head(guide(h[:n], h[n:], self.w), x_t)  # f̃  (N, O)
+            if out.shape[1] > d:
+                out[:, d:] = self.model.head(h[:n], x_t)[:, d:]  # the conditional model's variance half
+            return out
+        both = self.model.forward(xp.concatenate([x_t, x_t]), t2, y2)  # any model with forward(x, t, y) (the oracles)
         out = both[:n].copy()  # conditional: its variance half is the one used
         out[:, :d] = guide(both[:n, :d], both[n:, :d], self.w)
         return out
