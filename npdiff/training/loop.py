@@ -26,7 +26,9 @@ from npdiff.nn.optim import clip_factor, grad_norm
 def update(optimizer, lr: float | None, *, clip: float | None = None, ema=None, norm=None):
     """The gradient step on the gradient in ``optimizer.grads`` (P,): scale it to ‖g‖₂ ≤ ``clip``, take one
     optimizer step with learning rate ``lr`` (None: the optimizer's own), then update the ``ema``.
-    norm: ‖g‖₂ if the caller has it already.  Returns ‖g‖₂ before clipping, a 0-d backend array."""
+    norm: ‖g‖₂ if the caller has it already.  Returns ‖g‖₂ before clipping, a 0-d backend array.
+    The three run as one pass: ``optimizer.step(lr, grad_scale=c, ema=ema)`` (``optim.Adam``; a subclass that
+    overrides ``step`` passes those on)."""
     norm = grad_norm(optimizer.grads) if norm is None else norm
     c = None if clip is None else clip_factor(norm, clip, optimizer.grads.dtype)  # g ← c·g when ‖g‖ > clip
     # g ← c·g, the optimizer step, then θ̄ ← d θ̄ + (1 − d) θ: one pass over the flat buffers, block by block
