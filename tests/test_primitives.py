@@ -150,6 +150,25 @@ def test_standard_normal_by_box_muller_is_n01_and_repeatable(dtype):
     assert shaped.shape == (5, 1001) and np.isfinite(shaped).all()
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_standard_normal_is_finite_at_the_ends_of_the_uniforms(dtype):
+    """u1 = 0 gives radius √(−2 ln 1) = 0 (never ln 0), and the largest u1 below 1 the largest radius."""
+
+    class Fixed:  # a generator whose uniforms are all u
+        def __init__(self, u):
+            self.u = u
+
+        def random(self, n, dtype):
+            return np.full(n, self.u, dtype=dtype)
+
+    n = primitives.BOX_MULLER_MIN
+    np.testing.assert_array_equal(primitives.standard_normal(Fixed(0.0), (n,), dtype), 0)
+    top = 1 - np.finfo(dtype).eps / 2  # the largest uniform below 1
+    z = primitives.standard_normal(Fixed(top), (n,), dtype).astype(np.float64)
+    radius = math.sqrt(-2 * math.log(np.finfo(dtype).eps / 2))
+    np.testing.assert_allclose(z[:n // 2], radius * math.cos(2 * math.pi * float(np.asarray(top, dtype))), rtol=1e-5)
+
+
 def _adamw_and_ema_block(theta, g, m, v, shadow, scratch):
     """An elementwise update touching every operand and the scratch: one AdamW step and one EMA step."""
     theta *= 1 - 1e-4
