@@ -225,8 +225,8 @@ def npdiff_parts(npd: NpdiffDDPM, batches: list, n_steps: int) -> dict:
             norm_s = timed(lambda: clip_grad_norm(g, float("inf"), grad_norm(g)))
             floor = {name: timed(f) for name, f in floors.items()}
             if spare is not None:
-                spent["EMA_alone"] = timed(primitives.blockwise, lambda a, p, scratch: EMA.average(a, p, 0.999, scratch), spare,
-                                           npd.opt.params)
+                spent["EMA_alone"] = timed(primitives.blockwise, lambda a, p, scratch: EMA.average(a, p, 0.999, scratch),
+                                           spare, npd.opt.params)
             if k >= 10:
                 rows.append(dict(spent, total=total, norm=norm_s, **{f"{k_}_products": v for k_, v in floor.items()}))
     finally:

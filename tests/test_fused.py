@@ -124,12 +124,18 @@ def test_adamw_step_and_ema_match_the_textbook_updates(shape, dtype):
         np.testing.assert_allclose(ema.shadow, shadow, **tol)
 
 
-def test_train_step_benchmark_runs_and_writes_json(tmp_path):
+def _train_step_benchmark():
+    """benchmarks/train_step.py as a module (the folder is not a package)."""
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
     try:
         import train_step
     finally:
         sys.path.pop(0)
+    return train_step
+
+
+def test_train_step_benchmark_runs_and_writes_json(tmp_path):
+    train_step = _train_step_benchmark()
     out = tmp_path / "speed.json"
     train_step.main(["--config", "seed-heart", "--steps", "20", "--no-torch", "--sample-points", "64",
                      "--json", str(out)])
@@ -139,11 +145,7 @@ def test_train_step_benchmark_runs_and_writes_json(tmp_path):
 
 
 def test_train_step_benchmark_times_the_image_step_by_part_and_its_sampling(tmp_path):
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
-    try:
-        import train_step
-    finally:
-        sys.path.pop(0)
+    train_step = _train_step_benchmark()
     out = tmp_path / "speed.json"
     train_step.main(["--config", "image", "--steps", "3", "--no-torch", "--threads", "1", "--sample-images", "4",
                      "--json", str(out)])

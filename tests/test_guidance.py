@@ -223,7 +223,8 @@ def test_guided_sampling_runs_one_forward_pass_per_step(trained_labelled, monkey
     calls = []
     model = trained_labelled.model
     features = model.features
-    monkeypatch.setattr(model, "features", lambda *a, **k: calls.append((a[0].shape[0], a[1].shape[0])) or features(*a, **k))
+    monkeypatch.setattr(model, "features",
+                        lambda *a, **k: calls.append((a[0].shape[0], a[1].shape[0])) or features(*a, **k))
     chain = trained_labelled.chain(labels=np.zeros(7, dtype=int), guidance=1.0)
     sampling.sample(chain, 7, np.random.default_rng(0))
     assert calls == [(7, 14)] * 50  # 2N rows reading the N samples (shared rows), once per step

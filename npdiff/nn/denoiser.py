@@ -232,7 +232,7 @@ class Denoiser(Module):
         if t.shape != (m,):
             raise ValueError(f"t must have shape ({m},), got {tuple(t.shape)}")
         x_t = x_t.astype(self.dtype, copy=False)
-        self.cache = (x_rows,)  # the input skip's backward needs the shared rows
+        self.cache = (x_rows, x_t.shape[0])  # the input skip's backward needs the shared rows of x_t's N rows
         first, act = self.inp.layers
         z = first.forward(x_t, t, x_rows=x_rows)  # [h_x, h_t]·W + b  (M, H)
         if self.label_emb is not None:
@@ -280,7 +280,7 @@ class Denoiser(Module):
         ``input_grad=False`` skips dL/dx_t (returns None): training needs only the parameters'
         gradients, and the first layer's input gradient is the widest matrix product of the pass.
         """
-        (x_rows,) = self.take_cache()
+        x_rows, n = self.take_cache()
         dh = self.out.backward(dy)
         if self.norm is not None:
             dh = self.norm.backward(dh)
@@ -289,7 +289,7 @@ class Denoiser(Module):
             self.label_emb.backward(dz)  # z = … + e_y: dL/de_y = dL/dz
         dx = self.inp.layers[0].backward(dz, input_grad=input_grad)  # dL/dx_t  (N, D), or None
         if self.skip is not None:  # f = … + skip(x_t), or + skip(x_t)[x_rows]: each row of x_t gets its rows' dL/df
-            dy_skip = dy if x_rows is None else segment_sum(dy, x_rows, self.skip.cache.shape[0])
+            dy_skip = dy if x_rows is None else segment_sum(dy, x_rows, n)  # (N, O)
             dx_skip = self.skip.backward(dy_skip, input_grad=input_grad)
             dx = dx + dx_skip if input_grad else None
         return dx

@@ -72,8 +72,8 @@ class Guided:
     """A class-conditional model asked about fixed labels, with classifier-free guidance of scale w.
 
     ``forward(x_t, t)`` -> (N, O): the guided prediction f̃ = (1 + w) f_c − w f_∅ in the first D outputs, from
-    one forward pass of 2N rows [x_t; x_t] labelled [y; ∅] (read as shared rows, ``Denoiser.forward``); further outputs (a learned variance half) are the
-    conditional model's. w = 0 is the conditional model alone, one pass of N rows.
+    one forward pass of 2N rows [x_t; x_t] labelled [y; ∅] (read as shared rows, ``Denoiser.forward``); further
+    outputs (a learned variance half) are the conditional model's. w = 0 is the conditional model alone, one pass of N rows.
     model: a Denoiser(num_classes=K); labels: the class of each of the N samples (N,), checked here.
     """
 
